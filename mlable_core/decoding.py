@@ -1,0 +1,133 @@
+"""Autoregressive generation with a KV cache, in one compiled loop.
+
+The cache convention: a model that can generate exposes a step function
+
+    step_fn(inputs, cache, step) -> (logits, cache)
+
+- ``inputs``: ``(B, F, *token_shape)`` the ``F`` tokens at absolute positions
+  ``[step, step + F)`` (the prompt at prefill, one token afterwards);
+- ``cache``: any nested structure of tensors (typically one ``(2, B, T, N, H)``
+  tensor per attention layer, see ``mlable_core.attention``), allocated for at
+  least ``P + max_new_tokens`` positions and returned updated, with the same
+  structure, shapes and dtypes;
+- ``step``: an int32 scalar tensor, the position of ``inputs[:, 0]``;
+- ``logits``: ``(B, F, *token_shape, C)``, scores of the token that FOLLOWS
+  each input position.
+
+``generate`` prefills the prompt once, then produces one token per iteration
+of a single ``tf.while_loop`` with the cache threaded through. It traces once
+per prompt shape: wrap it (or the model method that calls it) in one
+``tf.function(jit_compile=True)`` built once, not per call.
+
+Shape letters: ``B`` batch, ``P`` prompt length, ``N`` new tokens, ``C`` classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import tensorflow as tf
+
+from mlable_core import shapes
+
+StepFn = Callable[[tf.Tensor, Any, tf.Tensor], tuple[tf.Tensor, Any]]
+Sampler = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+
+
+def argmax_sampler(logits: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:  # noqa: ARG001
+    """Greedy choice over the last axis; the default sampler of ``generate``."""
+    return tf.argmax(logits, axis=-1, output_type=tf.int32)
+
+
+def generate(
+    step_fn: StepFn,
+    prompt: tf.Tensor,
+    cache: Any,
+    max_new_tokens: int,
+    sampler: Sampler = argmax_sampler,
+    seed: tf.Tensor | None = None,
+    stop_value: int | None = None,
+    pad_value: int = 0,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Generates ``max_new_tokens`` tokens after ``prompt``: prefill once, then one step per token.
+
+    A row stops when one value of its newest token equals ``stop_value`` (e.g. a
+    NUL byte at the end of a UTF-32 text); its later tokens are ``pad_value``.
+    The loop ends when every row has stopped or after ``max_new_tokens`` steps.
+
+    Args:
+        step_fn: the model's step function (see the module docstring).
+        prompt: ``(B, P, *token_shape)`` integer tokens, ``P >= 1``.
+        cache: the empty cache, allocated for at least ``P + max_new_tokens`` positions.
+        max_new_tokens: how many tokens to generate at most (``>= 1``).
+        sampler: ``sampler(logits, seed) -> tokens``: from ``(B, *token_shape, C)``
+            scores to ``(B, *token_shape)`` int32 values, e.g. ``mlable_core.sampling.sample``.
+        seed: an int32 ``(2,)`` tensor; step ``i`` samples with
+            ``tf.random.experimental.stateless_fold_in(seed, i)``. Default ``[0, 0]``.
+        stop_value: the value that ends a row, or ``None`` to always run ``max_new_tokens`` steps.
+        pad_value: what fills a row after it stopped.
+
+    Returns:
+        ``(tokens, lengths)``: ``(B, P + max_new_tokens, *token_shape)`` tokens in the
+        prompt's dtype, and the ``(B,)`` int32 number of generated tokens of each row,
+        the one holding ``stop_value`` included.
+
+    Example:
+        >>> tokens, lengths = tf.function(generate, jit_compile=True)(model.step, prompt, cache, 32)
+    """
+    max_new_tokens = shapes.check_int(max_new_tokens, "max_new_tokens", minimum=1)
+    prompt = tf.convert_to_tensor(prompt)
+    if prompt.shape.rank is None or prompt.shape.rank < 2:
+        raise ValueError(f"`prompt` must have shape (B, P, ...) with P >= 1. Received: prompt with shape {prompt.shape}")
+    if prompt.shape[1] == 0:
+        raise ValueError(f"`prompt` must hold at least one token (P >= 1). Received: prompt with shape {prompt.shape}")
+    seed = tf.zeros((2,), tf.int32) if seed is None else tf.cast(tf.convert_to_tensor(seed), tf.int32)
+    batch = tf.shape(prompt)[0]
+    token_shape = prompt.shape[2:]
+
+    def choose(logits: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
+        step_seed = tf.random.experimental.stateless_fold_in(seed, index)
+        return tf.cast(sampler(logits[:, -1], step_seed), prompt.dtype)  # (B, *token_shape)
+
+    def stops(token: tf.Tensor) -> tf.Tensor:
+        if stop_value is None:
+            return tf.zeros([batch], tf.bool)
+        found = tf.equal(token, tf.cast(stop_value, token.dtype))
+        return tf.reduce_any(tf.reshape(found, [batch, -1]), axis=-1)  # (B,)
+
+    prompt_length = tf.shape(prompt)[1]
+    logits, cache = step_fn(prompt, cache, tf.constant(0, tf.int32))  # prefill: (B, P, *token_shape, C)
+    token = choose(logits, tf.constant(0, tf.int32))
+    done = stops(token)
+    lengths = tf.ones([batch], tf.int32)
+    outputs = tf.TensorArray(prompt.dtype, size=max_new_tokens, element_shape=token.shape).write(0, token)
+
+    def condition(index, token, cache, done, lengths, outputs):  # noqa: ARG001
+        return tf.logical_and(index < max_new_tokens, tf.logical_not(tf.reduce_all(done)))
+
+    def body(index, token, cache, done, lengths, outputs):
+        step = prompt_length + index - 1  # absolute position of the token fed now
+        logits, cache = step_fn(token[:, tf.newaxis], cache, step)
+        fresh = choose(logits, index)
+        mask = tf.reshape(done, [-1] + [1] * len(token_shape))
+        fresh = tf.where(mask, tf.cast(pad_value, fresh.dtype), fresh)
+        lengths = lengths + tf.cast(tf.logical_not(done), tf.int32)
+        done = tf.logical_or(done, stops(fresh))
+        return index + 1, fresh, cache, done, lengths, outputs.write(index, fresh)
+
+    _, _, _, _, lengths, outputs = tf.while_loop(
+        condition,
+        body,
+        (tf.constant(1, tf.int32), token, cache, done, lengths, outputs),
+        maximum_iterations=max_new_tokens,
+    )
+    generated = tf.transpose(outputs.stack(), [1, 0] + list(range(2, 2 + len(token_shape))))  # (B, N, ...)
+    # steps skipped once every row had stopped were never written: pad everything past each row's length
+    valid = tf.range(max_new_tokens)[tf.newaxis, :] < lengths[:, tf.newaxis]  # (B, N)
+    valid = tf.reshape(valid, [batch, max_new_tokens] + [1] * len(token_shape))
+    generated = tf.where(valid, generated, tf.cast(pad_value, generated.dtype))
+    return tf.concat([prompt, generated], axis=1), lengths
+
+
+__all__ = ["Sampler", "StepFn", "argmax_sampler", "generate"]
