@@ -40,6 +40,32 @@ def argmax_sampler(logits: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:  # noqa: AR
     return tf.argmax(logits, axis=-1, output_type=tf.int32)
 
 
+def stop_at(value: int, group: int = 1) -> Callable[[tf.Tensor], tf.Tensor]:
+    """A stop condition for ``generate``: some ``group`` consecutive values of the token all equal ``value``.
+
+    For UTF-32-BE bytes, ``stop_at(0, group=4)`` stops a row at its first NUL
+    character (a single zero byte is common: most code points start with zeros).
+    Groups are aligned: the token's values are read in chunks of ``group``.
+
+    Args:
+        value: the stop value.
+        group: how many consecutive values must equal it; must divide the token size.
+
+    Returns:
+        ``stop(token) -> (B,) bool`` for tokens of shape ``(B, *token_shape)``.
+    """
+    group = shapes.check_int(group, "group", minimum=1)
+
+    def stop(token: tf.Tensor) -> tf.Tensor:
+        size = token.shape[1:].num_elements()
+        if size is not None and size % group:
+            raise ValueError(f"`group` must divide the token size. Received: group={group}, token shape={token.shape}")
+        chunks = tf.reshape(tf.equal(token, tf.cast(value, token.dtype)), [tf.shape(token)[0], -1, group])  # (B, K, group)
+        return tf.reduce_any(tf.reduce_all(chunks, axis=-1), axis=-1)  # (B,)
+
+    return stop
+
+
 def generate(
     step_fn: StepFn,
     prompt: tf.Tensor,
@@ -47,14 +73,14 @@ def generate(
     max_new_tokens: int,
     sampler: Sampler = argmax_sampler,
     seed: tf.Tensor | None = None,
-    stop_value: int | None = None,
+    stop: Callable[[tf.Tensor], tf.Tensor] | None = None,
     pad_value: int = 0,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Generates ``max_new_tokens`` tokens after ``prompt``: prefill once, then one step per token.
 
-    A row stops when one value of its newest token equals ``stop_value`` (e.g. a
-    NUL byte at the end of a UTF-32 text); its later tokens are ``pad_value``.
-    The loop ends when every row has stopped or after ``max_new_tokens`` steps.
+    A row stops when ``stop(newest_token)`` is true for it (e.g. ``stop_at(0, 4)``:
+    a NUL character in UTF-32-BE bytes); its later tokens are ``pad_value``. The
+    loop ends when every row has stopped or after ``max_new_tokens`` steps.
 
     Args:
         step_fn: the model's step function (see the module docstring).
@@ -65,13 +91,14 @@ def generate(
             scores to ``(B, *token_shape)`` int32 values, e.g. ``mlable_core.sampling.sample``.
         seed: an int32 ``(2,)`` tensor; step ``i`` samples with
             ``tf.random.experimental.stateless_fold_in(seed, i)``. Default ``[0, 0]``.
-        stop_value: the value that ends a row, or ``None`` to always run ``max_new_tokens`` steps.
+        stop: ``stop(token) -> (B,) bool`` on ``(B, *token_shape)`` tokens (see
+            ``stop_at``), or ``None`` to always run ``max_new_tokens`` steps.
         pad_value: what fills a row after it stopped.
 
     Returns:
         ``(tokens, lengths)``: ``(B, P + max_new_tokens, *token_shape)`` tokens in the
         prompt's dtype, and the ``(B,)`` int32 number of generated tokens of each row,
-        the one holding ``stop_value`` included.
+        the stopping one included.
 
     Example:
         >>> tokens, lengths = tf.function(generate, jit_compile=True)(model.step, prompt, cache, 32)
@@ -91,10 +118,7 @@ def generate(
         return tf.cast(sampler(logits[:, -1], step_seed), prompt.dtype)  # (B, *token_shape)
 
     def stops(token: tf.Tensor) -> tf.Tensor:
-        if stop_value is None:
-            return tf.zeros([batch], tf.bool)
-        found = tf.equal(token, tf.cast(stop_value, token.dtype))
-        return tf.reduce_any(tf.reshape(found, [batch, -1]), axis=-1)  # (B,)
+        return tf.zeros([batch], tf.bool) if stop is None else tf.cast(stop(token), tf.bool)
 
     prompt_length = tf.shape(prompt)[1]
     logits, cache = step_fn(prompt, cache, tf.constant(0, tf.int32))  # prefill: (B, P, *token_shape, C)
@@ -130,4 +154,4 @@ def generate(
     return tf.concat([prompt, generated], axis=1), lengths
 
 
-__all__ = ["Sampler", "StepFn", "argmax_sampler", "generate"]
+__all__ = ["Sampler", "StepFn", "argmax_sampler", "generate", "stop_at"]

@@ -58,7 +58,8 @@ def test_generate_matches_the_naive_loop(batch, prompt_length, count, stop_value
     prompt = np.random.default_rng(seed).integers(0, CLASSES, size=(batch, prompt_length, 2)).astype("int32")
     cache = tf.zeros((batch, LENGTH, 2), tf.int32)
     expected, lengths = naive_generate(prompt, count, stop_value, pad_value=-1)
-    tokens, actual_lengths = decoding.generate(toy_step, prompt, cache, count, stop_value=stop_value, pad_value=-1)
+    stop = None if stop_value is None else decoding.stop_at(stop_value)
+    tokens, actual_lengths = decoding.generate(toy_step, prompt, cache, count, stop=stop, pad_value=-1)
     np.testing.assert_array_equal(tokens.numpy(), expected)
     np.testing.assert_array_equal(actual_lengths.numpy(), lengths)
 
@@ -71,7 +72,7 @@ def test_compiled_generation_traces_once_and_matches_eager(jit_compile):
         traces.append(inputs.shape[1])
         return toy_step(inputs, cache, position)
 
-    run = tf.function(lambda prompt, cache: decoding.generate(step, prompt, cache, 10, stop_value=None), jit_compile=jit_compile)
+    run = tf.function(lambda prompt, cache: decoding.generate(step, prompt, cache, 10), jit_compile=jit_compile)
     prompt = np.arange(8, dtype="int32").reshape(2, 2, 2) % CLASSES
     cache = tf.zeros((2, LENGTH, 2), tf.int32)
     first, _ = run(prompt, cache)
@@ -110,10 +111,19 @@ def test_errors(call, error, message):
 
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_compiled_generation_with_stop_value_pads_the_stopped_rows(jit_compile):
-    run = tf.function(lambda prompt, cache: decoding.generate(toy_step, prompt, cache, 12, stop_value=3, pad_value=-1), jit_compile=jit_compile)
+    run = tf.function(lambda prompt, cache: decoding.generate(toy_step, prompt, cache, 12, stop=decoding.stop_at(3), pad_value=-1), jit_compile=jit_compile)
     prompt = (np.arange(3 * 2 * 2, dtype="int32").reshape(3, 2, 2) * 5) % CLASSES
     tokens, lengths = run(prompt, tf.zeros((3, LENGTH, 2), tf.int32))
     expected, expected_lengths = naive_generate(prompt, 12, stop_value=3, pad_value=-1)
     assert expected_lengths.min() < 12, "the example must stop early to test the stop"
     np.testing.assert_array_equal(tokens.numpy(), expected)
     np.testing.assert_array_equal(lengths.numpy(), expected_lengths)
+
+
+def test_stop_at_groups():
+    token = tf.constant([[0, 0, 0, 97, 0, 0, 0, 0], [0, 0, 0, 97, 0, 0, 1, 0]])
+    np.testing.assert_array_equal(decoding.stop_at(0, group=4)(token).numpy(), [True, False])
+    np.testing.assert_array_equal(decoding.stop_at(0, group=1)(token).numpy(), [True, True])
+    np.testing.assert_array_equal(decoding.stop_at(97)(token).numpy(), [True, True])
+    with pytest.raises(ValueError, match=r"`group` must divide the token size\. Received: group=3"):
+        decoding.stop_at(0, group=3)(token)
