@@ -33,8 +33,6 @@ import tensorflow as tf
 
 from mlable_core import reshaping, shapes
 
-_HALF_FLOATS = (tf.float16, tf.bfloat16)
-
 
 def _format_shape(shape: tf.TensorShape) -> str:
     if shape.rank is None:
@@ -85,12 +83,10 @@ def _as_float(x: tf.Tensor) -> tf.Tensor:
     return tf.cast(x, tf.float32)
 
 
-def _check_divides(
-    x: tf.Tensor, axis: int, divisor: int, message: str
-) -> list[tf.Operation]:
+def _check_divides(x: tf.Tensor, axis: int, divisor: int, message: str) -> list[tf.Operation]:
     """Checks that ``divisor`` divides dimension ``axis`` of ``x``: in Python when static, else at run time.
 
-    ``message`` is formatted with ``size`` (the dimension, ``None`` when unknown).
+    ``message`` is formatted with ``size``: the dimension, or ``?`` when it is only known at run time.
     """
     size = x.shape[axis]
     if size is not None:
@@ -132,12 +128,12 @@ def _group_reduce(x: tf.Tensor, group: int, axis: int, repeat: bool, reduce: str
     axis = shapes.normalize_axis(axis, rank, "axis", tuple(x.shape.as_list()))
     if x.dtype != tf.bool:
         x = tf.not_equal(x, tf.zeros((), x.dtype))
+    if group == 1:
+        return x
     checks = _check_divides(
         x, axis, group,
         f"`group` must divide axis {axis} of size {{size}}. Received: group={group}, shape={_format_shape(x.shape)}",
     )
-    if group == 1:
-        return tf.identity(x) if checks else x
     with tf.control_dependencies(checks):
         dims = reshaping.dynamic_dims(x)
         split = dims[:axis] + [dims[axis] // group, group] + dims[axis + 1 :]

@@ -77,13 +77,22 @@ def categorical_data(shape: tuple[int, ...], classes: int, rng: np.random.Genera
     return labels, np.eye(classes, dtype="float32")[labels], y_pred
 
 
-def binary_data(shape: tuple[int, ...], rng: np.random.Generator, threshold: float = 0.5, error: float = 0.02):
-    """0 / 1 targets and predictions strictly on the right or wrong side of ``threshold``."""
+def binary_data(
+    shape: tuple[int, ...], rng: np.random.Generator, threshold: float = 0.5, error: float = 0.02, soft: bool = False
+):
+    """Targets and predictions strictly on the right or wrong side of ``threshold``.
+
+    The targets are 0 / 1, or with ``soft`` probabilities on the side of their bit.
+    """
+
+    def spread(bits: np.ndarray) -> np.ndarray:
+        above = threshold + 0.01 + 0.4 * rng.random(shape)
+        below = threshold - 0.4 * rng.random(shape)  # may equal the threshold: not strictly above, so 0
+        return np.where(bits, above, below).astype("float32")
+
     bits = rng.random(shape) < 0.5
     flipped = np.where(rng.random(shape) < error, ~bits, bits)
-    above = threshold + 0.01 + 0.4 * rng.random(shape)
-    below = threshold - 0.4 * rng.random(shape)  # may equal the threshold: not strictly above, so 0
-    return bits.astype("float32"), np.where(flipped, above, below).astype("float32")
+    return (spread(bits) if soft else bits.astype("float32")), spread(flipped)
 
 
 def raw_data(shape: tuple[int, ...], rng: np.random.Generator, factor: float = 256.0, error: float = 0.1):

@@ -35,9 +35,39 @@ def test_group_reductions_match_numpy(case, repeat):
         expected = ref(x, case.group, case.axis)
         if repeat:
             expected = np.repeat(expected, case.group, axis=case.axis)
-        for result in _eager_graph_xla(lambda t: op(t, case.group, case.given_axis, repeat=repeat), x):
-            assert result.dtype == bool
-            np.testing.assert_array_equal(result, expected)
+        result = op(x, case.group, case.given_axis, repeat=repeat).numpy()
+        assert result.dtype == bool
+        np.testing.assert_array_equal(result, expected)
+
+
+# every op, eagerly, in a tf.function with unknown dims and under XLA, on a few fixed cases
+_RNG = np.random.default_rng(7)
+_LABELS, _ONE_HOT, _PROBS = reference.categorical_data((3, 8, 2), 5, _RNG)
+_BITS_TRUE, _BITS_PRED = reference.binary_data((3, 32, 2), _RNG)
+_RAW_TRUE, _RAW_PRED = reference.raw_data((3, 8, 2), _RNG)
+
+MODE_CASES = [
+    ("group_all", lambda t: accuracy.group_all(t, 4, axis=1), (_BITS_PRED > 0.5,),
+     reference.group_all(_BITS_PRED > 0.5, 4, 1)),
+    ("group_any repeat", lambda t: accuracy.group_any(t, 2, axis=-1, repeat=True), (_BITS_PRED > 0.5,),
+     np.repeat(reference.group_any(_BITS_PRED > 0.5, 2, -1), 2, axis=-1)),
+    ("decode_binary", lambda t: accuracy.decode_binary(t, 8, 0.5, axis=1), (_BITS_PRED,),
+     reference.decode_binary(_BITS_PRED, 8, 0.5, 1)),
+    ("categorical", lambda a, b: accuracy.categorical_group_accuracy(a, b, 4, axis=1), (_ONE_HOT, _PROBS),
+     reference.categorical(_ONE_HOT, _PROBS, 4, 1)),
+    ("sparse", lambda a, b: accuracy.sparse_categorical_group_accuracy(a, b, 2, axis=-1), (_LABELS, _PROBS),
+     reference.sparse_categorical(_LABELS, _PROBS, 2, -1)),
+    ("binary", lambda a, b: accuracy.binary_group_accuracy(a, b, 2, 8, 0.5, axis=1), (_BITS_TRUE, _BITS_PRED),
+     reference.binary(_BITS_TRUE, _BITS_PRED, 2, 8, 0.5, 1)),
+    ("raw", lambda a, b: accuracy.raw_group_accuracy(a, b, 4, 256.0, axis=1), (_RAW_TRUE, _RAW_PRED),
+     reference.raw(_RAW_TRUE, _RAW_PRED, 4, 256.0, 1)),
+]
+
+
+@pytest.mark.parametrize("name,fn,arrays,expected", MODE_CASES, ids=[case[0] for case in MODE_CASES])
+def test_eager_graph_with_unknown_dims_and_xla_agree_with_numpy(name, fn, arrays, expected):
+    for result in _eager_graph_xla(fn, *arrays):
+        np.testing.assert_array_equal(result, expected)
 
 
 def test_group_reductions_on_non_boolean_inputs():
@@ -67,8 +97,7 @@ def test_decode_binary_matches_bit_strings(case, depth, threshold):
     shape[case.axis] *= depth
     y = np.random.default_rng(case.seed).random(shape).astype("float32") * 2 - 0.5
     expected = reference.decode_binary(y, depth, threshold, case.axis)
-    for result in _eager_graph_xla(lambda t: accuracy.decode_binary(t, depth, threshold, case.given_axis), y):
-        np.testing.assert_array_equal(result, expected)
+    np.testing.assert_array_equal(accuracy.decode_binary(y, depth, threshold, case.given_axis).numpy(), expected)
 
 
 def test_decode_binary_is_big_endian_strict_and_wide():
@@ -99,30 +128,28 @@ def test_decode_categorical_and_raw_match_numpy():
 def test_categorical_matches_numpy(case, classes):
     labels, one_hot, y_pred = reference.categorical_data(case.shape, classes, np.random.default_rng(case.seed))
     expected = reference.categorical(one_hot, y_pred, case.group, case.axis)
-    for result in _eager_graph_xla(lambda a, b: accuracy.categorical_group_accuracy(a, b, case.group, case.given_axis), one_hot, y_pred):
-        np.testing.assert_array_equal(result, expected)
+    result = accuracy.categorical_group_accuracy(one_hot, y_pred, case.group, case.given_axis)
+    np.testing.assert_array_equal(result.numpy(), expected)
     sparse = accuracy.sparse_categorical_group_accuracy(labels, y_pred, case.group, case.given_axis)
     np.testing.assert_array_equal(sparse.numpy(), reference.sparse_categorical(labels, y_pred, case.group, case.axis))
 
 
-@given(strategies.group_cases(), st.integers(1, 8), st.sampled_from([0.0, 0.5, 0.6]))
-def test_binary_matches_numpy(case, depth, threshold):
+@given(strategies.group_cases(), st.integers(1, 8), st.sampled_from([0.0, 0.5, 0.6]), st.booleans())
+def test_binary_matches_numpy(case, depth, threshold, soft):
     shape = list(case.shape)
     shape[case.axis] *= depth
-    y_true, y_pred = reference.binary_data(tuple(shape), np.random.default_rng(case.seed), threshold)
+    y_true, y_pred = reference.binary_data(tuple(shape), np.random.default_rng(case.seed), threshold, soft=soft)
     expected = reference.binary(y_true, y_pred, case.group, depth, threshold, case.axis)
-    fn = lambda a, b: accuracy.binary_group_accuracy(a, b, case.group, depth, threshold, case.given_axis)  # noqa: E731
-    for result in _eager_graph_xla(fn, y_true, y_pred):
-        np.testing.assert_array_equal(result, expected)
+    result = accuracy.binary_group_accuracy(y_true, y_pred, case.group, depth, threshold, case.given_axis)
+    np.testing.assert_array_equal(result.numpy(), expected)
 
 
 @given(strategies.group_cases(), st.sampled_from([256.0, 100.0]))
 def test_raw_matches_numpy(case, factor):
     y_true, y_pred = reference.raw_data(case.shape, np.random.default_rng(case.seed), factor)
     expected = reference.raw(y_true, y_pred, case.group, factor, case.axis)
-    fn = lambda a, b: accuracy.raw_group_accuracy(a, b, case.group, factor, case.given_axis)  # noqa: E731
-    for result in _eager_graph_xla(fn, y_true, y_pred):
-        np.testing.assert_array_equal(result, expected)
+    result = accuracy.raw_group_accuracy(y_true, y_pred, case.group, factor, case.given_axis)
+    np.testing.assert_array_equal(result.numpy(), expected)
 
 
 @given(strategies.group_cases(max_group=3), st.integers(2, 3))
@@ -135,6 +162,14 @@ def test_larger_groups_are_never_more_accurate(case, multiple):
     assert large.mean() <= small.mean() + 1e-7
     # stronger: a large group is right exactly when all of its small groups are
     np.testing.assert_array_equal(large, reference.group_all(small, multiple, case.axis).astype("float32"))
+
+
+def test_binary_thresholds_the_targets_too():
+    # Keras' BinaryAccuracy compares raw targets with thresholded predictions; here both are thresholded
+    y_true = tf.constant([[0.9, 0.2, 0.7, 0.0]])
+    y_pred = tf.constant([[0.8, 0.1, 0.6, 0.4]])
+    np.testing.assert_array_equal(accuracy.binary_group_accuracy(y_true, y_pred, group=1, depth=1).numpy(), [[1.0, 1.0, 1.0, 1.0]])
+    np.testing.assert_array_equal(accuracy.binary_group_accuracy(y_true, y_pred, group=1, depth=1, threshold=0.65).numpy(), [[1.0, 1.0, 0.0, 1.0]])
 
 
 def test_binary_group_is_right_only_when_every_bit_is():
@@ -245,3 +280,13 @@ def test_runtime_errors_in_graph_with_unknown_dims():
     # (1, 16) would broadcast against (2, 16): the shape check must catch it
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"`y_true` and `y_pred` must have the same shape"):
         binary(tf.ones((2, 16)), tf.ones((1, 16)))
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from mlable_keras import metrics
+
+    for module in (accuracy, metrics):
+        result = doctest.testmod(module, extraglobs={"tf": tf}, optionflags=doctest.NORMALIZE_WHITESPACE)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
