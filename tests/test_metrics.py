@@ -114,6 +114,14 @@ def test_group_one_equals_the_keras_accuracies(weighting):
         assert _result(ours, *batches) == pytest.approx(_result(theirs, *batches), abs=1e-6), type(ours).__name__
 
 
+def test_sparse_labels_with_a_trailing_axis_of_one_match_keras():
+    labels, _, probs = reference.categorical_data((12,), 4, np.random.default_rng(4), error=0.5)
+    column = labels[:, None]  # (B, 1) labels for (B, C) scores, as Keras accepts
+    ours = metrics.SparseCategoricalGroupAccuracy(group=1)
+    assert _result(ours, (column, probs)) == pytest.approx(_result(keras.metrics.SparseCategoricalAccuracy(), (column, probs)))
+    assert _result(ours, (column, probs)) == pytest.approx(_result(ours, (labels, probs)))
+
+
 # properties -----------------------------------------------------------------------------------
 
 KINDS = ["categorical", "sparse", "binary", "raw"]
