@@ -6,6 +6,7 @@ Nothing here imports Keras. Submodules are loaded on first access, so that
 - ``shapes``: shape arithmetic on tuples (no TensorFlow).
 - ``reshaping``: divide, merge, swap and move axes.
 - ``decoding``: the compiled generation loop (prefill, then one token per step, cache threaded through).
+- ``accuracy``: group reductions, prediction decoders and per-group correctness.
 
 Every op works eagerly, inside ``tf.function`` and under ``jit_compile=True``.
 """

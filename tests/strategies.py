@@ -75,3 +75,24 @@ def merge_cases(draw: st.DrawFn, max_rank: int = 5) -> tuple[tuple[int, ...], in
 def arange(shape: tuple[int, ...], dtype: str = "float32") -> np.ndarray:
     """Distinct values laid out in C order, so that any misplaced element shows."""
     return np.arange(int(np.prod(shape)), dtype=dtype).reshape(shape)
+
+
+@dataclass(frozen=True)
+class GroupCase:
+    """A group-accuracy setting: the shape of the values, the grouped axis (normalized and as given), the group."""
+
+    shape: tuple[int, ...]
+    axis: int
+    given_axis: int
+    group: int
+    seed: int
+
+
+@st.composite
+def group_cases(draw: st.DrawFn, max_rank: int = 3, max_group: int = 4, max_groups: int = 3) -> GroupCase:
+    """Values of rank 1 to ``max_rank`` whose ``axis`` holds a whole number of groups of ``group``."""
+    shape = list(draw(shapes(min_rank=1, max_rank=max_rank, max_side=4)))
+    axis = draw(st.integers(0, len(shape) - 1))
+    group = draw(st.integers(1, max_group))
+    shape[axis] = group * draw(st.integers(1, max_groups))
+    return GroupCase(tuple(shape), axis, signed_axis(draw, axis, len(shape)), group, draw(st.integers(0, 2**31 - 1)))
