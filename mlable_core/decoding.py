@@ -89,7 +89,7 @@ def generate(
         max_new_tokens: how many tokens to generate at most (``>= 1``).
         sampler: ``sampler(logits, seed) -> tokens``: from ``(B, *token_shape, C)``
             scores to ``(B, *token_shape)`` int32 values, e.g. ``mlable_core.sampling.sample``.
-        seed: an int32 ``(2,)`` tensor; step ``i`` samples with
+        seed: an int32 ``(2,)`` tensor; the ``i``-th new token (from 1) is sampled with
             ``tf.random.experimental.stateless_fold_in(seed, i)``. Default ``[0, 0]``.
         stop: ``stop(token) -> (B,) bool`` on ``(B, *token_shape)`` tokens (see
             ``stop_at``), or ``None`` to always run ``max_new_tokens`` steps.
@@ -122,7 +122,7 @@ def generate(
 
     prompt_length = tf.shape(prompt)[1]
     logits, cache = step_fn(prompt, cache, tf.constant(0, tf.int32))  # prefill: (B, P, *token_shape, C)
-    token = choose(logits, tf.constant(0, tf.int32))
+    token = choose(logits, tf.constant(1, tf.int32))
     done = stops(token)
     lengths = tf.ones([batch], tf.int32)
     outputs = tf.TensorArray(prompt.dtype, size=max_new_tokens, element_shape=token.shape).write(0, token)
@@ -133,7 +133,7 @@ def generate(
     def body(index, token, cache, done, lengths, outputs):
         step = prompt_length + index - 1  # absolute position of the token fed now
         logits, cache = step_fn(token[:, tf.newaxis], cache, step)
-        fresh = choose(logits, index)
+        fresh = choose(logits, index + 1)
         mask = tf.reshape(done, [-1] + [1] * len(token_shape))
         fresh = tf.where(mask, tf.cast(pad_value, fresh.dtype), fresh)
         lengths = lengths + tf.cast(tf.logical_not(done), tf.int32)
@@ -154,4 +154,56 @@ def generate(
     return tf.concat([prompt, generated], axis=1), lengths
 
 
-__all__ = ["Sampler", "StepFn", "argmax_sampler", "generate", "stop_at"]
+def generate_uncached(
+    model_fn: Callable[[tf.Tensor], tf.Tensor],
+    prompt: tf.Tensor,
+    max_new_tokens: int,
+    sampler: Sampler = argmax_sampler,
+    seed: tf.Tensor | None = None,
+) -> tf.Tensor:
+    """The reference for ``generate``: recomputes the whole sequence at every step, without a cache.
+
+    The tokens live in a buffer of static shape ``(B, P + N, *token_shape)``
+    (zeros past the current position), so one compiled loop serves every step;
+    ``model_fn`` must be causal (position ``i`` of its output may only depend on
+    inputs ``<= i``), which makes the zeros past the position irrelevant. With
+    the same sampler and seed, a correct cached model gives the same tokens as
+    ``generate`` (when no row stops early).
+
+    Args:
+        model_fn: ``model_fn(tokens) -> logits``: ``(B, L, *token_shape)`` to
+            ``(B, L, *token_shape, C)``, causal.
+        prompt: ``(B, P, *token_shape)`` integer tokens.
+        max_new_tokens: ``N``, how many tokens to generate.
+        sampler: as in ``generate``.
+        seed: as in ``generate``; step ``i`` uses the same folded seed.
+
+    Returns:
+        ``(B, P + N, *token_shape)`` tokens in the prompt's dtype.
+    """
+    max_new_tokens = shapes.check_int(max_new_tokens, "max_new_tokens", minimum=1)
+    prompt = tf.convert_to_tensor(prompt)
+    if prompt.shape.rank is None or prompt.shape.rank < 2 or prompt.shape[1] == 0:
+        raise ValueError(f"`prompt` must have shape (B, P, ...) with P >= 1. Received: prompt with shape {prompt.shape}")
+    seed = tf.zeros((2,), tf.int32) if seed is None else tf.cast(tf.convert_to_tensor(seed), tf.int32)
+    prompt_length = tf.shape(prompt)[1]
+    token_rank = prompt.shape.rank - 2
+    padding = [[0, 0], [0, max_new_tokens]] + [[0, 0]] * token_rank
+    tokens = tf.pad(prompt, padding)  # (B, P + N, *token_shape)
+    total = tf.shape(tokens)[1]
+
+    def body(index, tokens):
+        position = prompt_length + index - 2  # the last known token; the new one goes right after it
+        logits = model_fn(tokens)  # (B, P + N, *token_shape, C)
+        chosen = sampler(tf.gather(logits, position, axis=1), tf.random.experimental.stateless_fold_in(seed, index))
+        chosen = tf.cast(chosen, tokens.dtype)[:, tf.newaxis]  # (B, 1, *token_shape)
+        here = tf.reshape(tf.equal(tf.range(total), position + 1), [1, -1] + [1] * token_rank)
+        return index + 1, tf.where(here, chosen, tokens)
+
+    _, tokens = tf.while_loop(
+        lambda index, tokens: index <= max_new_tokens, body, (tf.constant(1, tf.int32), tokens), maximum_iterations=max_new_tokens
+    )
+    return tokens
+
+
+__all__ = ["Sampler", "StepFn", "argmax_sampler", "generate", "generate_uncached", "stop_at"]

@@ -127,3 +127,29 @@ def test_stop_at_groups():
     np.testing.assert_array_equal(decoding.stop_at(97)(token).numpy(), [True, True])
     with pytest.raises(ValueError, match=r"`group` must divide the token size\. Received: group=3"):
         decoding.stop_at(0, group=3)(token)
+
+
+def toy_full(tokens):
+    return toy_step(tokens, tf.zeros((tf.shape(tokens)[0], LENGTH, 2), tokens.dtype), tf.constant(0))[0]
+
+
+def seeded_sampler(logits, seed):
+    noise = tf.random.stateless_uniform(tf.shape(logits), seed)
+    return tf.argmax(logits + 10.0 * noise, axis=-1, output_type=tf.int32)
+
+
+@given(batch=st.integers(1, 3), prompt_length=st.integers(1, 6), count=st.integers(1, 12), seed=st.integers(0, 2**16))
+def test_uncached_reference_matches_the_naive_loop_and_the_cached_loop(batch, prompt_length, count, seed):
+    prompt = np.random.default_rng(seed).integers(0, CLASSES, size=(batch, prompt_length, 2)).astype("int32")
+    uncached = decoding.generate_uncached(toy_full, prompt, count)
+    np.testing.assert_array_equal(uncached.numpy(), naive_generate(prompt, count)[0])
+    cache = tf.zeros((batch, LENGTH, 2), tf.int32)
+    sampled, _ = decoding.generate(toy_step, prompt, cache, count, sampler=seeded_sampler, seed=[seed, 1])
+    reference = decoding.generate_uncached(toy_full, prompt, count, sampler=seeded_sampler, seed=[seed, 1])
+    np.testing.assert_array_equal(sampled.numpy(), reference.numpy())
+
+
+def test_uncached_reference_compiles():
+    run = tf.function(lambda prompt: decoding.generate_uncached(toy_full, prompt, 9), jit_compile=True)
+    prompt = np.arange(12, dtype="int32").reshape(2, 3, 2) % CLASSES
+    np.testing.assert_array_equal(run(prompt).numpy(), naive_generate(prompt, 9)[0])
