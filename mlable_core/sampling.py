@@ -151,7 +151,8 @@ def filter_logits(logits: Any, temperature: float = 1.0, top_k: int | None = Non
     if top_p is not None and top_p < 1.0:
         if ranked is None:
             ranked = tf.sort(scaled, axis=-1, direction="DESCENDING")  # (..., V)
-        probabilities = tf.nn.softmax(ranked, axis=-1)
+        # normalized over every logit left, also the ties of the k-th one beyond `ranked`
+        probabilities = tf.exp(ranked - tf.reduce_logsumexp(scaled, axis=-1, keepdims=True))
         before = tf.cumsum(probabilities, axis=-1, exclusive=True)  # probability of the larger logits
         # the first logit is always kept (0 < p), then each while the set before it stays below p
         kept = before < top_p
