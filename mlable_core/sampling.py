@@ -9,9 +9,13 @@ indices), never NaN.
 Randomness is stateless: ``seed`` is a shape ``(2,)`` int32 / int64 tensor and
 the same seed gives the same samples, call after call. A generation loop
 derives one seed per step, e.g. ``tf.random.experimental.stateless_fold_in(seed, step)``.
-Sampling is the Gumbel-max trick: ``argmax(logits + g)`` with
+Top-k keeps exactly ``k`` logits (on ties, the lower index first, as
+``tf.math.top_k``); top-p keeps the smallest prefix of the sorted logits whose
+probability reaches ``p``, and the logits tied with its last one;
+``candidates`` shows what is kept. Sampling is the Gumbel-max trick: ``argmax(logits + g)`` with
 ``g = -log(-log(u))`` and ``u`` uniform from ``tf.random.stateless_uniform``
-(Philox), which draws exactly from ``softmax(logits)``. Note that TensorFlow's
+(Philox), which draws exactly from ``softmax(logits)``; with top-k / top-p the
+noise is only drawn for the kept candidates. Note that TensorFlow's
 stateless generators give a different (equally distributed) stream under XLA
 than outside it, so a compiled call and an eager call with the same seed may
 pick different indices; each is reproducible on its own.
@@ -31,6 +35,8 @@ from mlable_core.reshaping import dynamic_dims
 
 # int32 outputs hold at most 31 bits
 MAX_DEPTH = 31
+# top-p looks for the nucleus among this many largest logits first, and among all only when it is larger
+NUCLEUS_CANDIDATES = 1024
 
 
 def _check_logits(logits: Any, name: str = "logits") -> tf.Tensor:
@@ -99,23 +105,91 @@ def greedy(logits: Any) -> tf.Tensor:
     return tf.argmax(logits, axis=-1, output_type=tf.int32)
 
 
-def _keep_from(logits: tf.Tensor, threshold: tf.Tensor) -> tf.Tensor:
-    return tf.where(logits >= threshold, logits, tf.constant(-np.inf, logits.dtype))
+def _scale(logits: tf.Tensor, temperature: float) -> tf.Tensor:
+    scaled = tf.cast(logits, tf.float32)
+    return scaled if temperature == 1.0 else scaled / temperature
 
 
-def filter_logits(logits: Any, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> tf.Tensor:
-    """Scales by the temperature and sets to ``-inf`` every logit that top-k / top-p rule out.
+def _count(requested: int, vocabulary: int | tf.Tensor) -> int | tf.Tensor:
+    """``min(requested, V)``, a Python int when ``V`` is static."""
+    return min(requested, vocabulary) if isinstance(vocabulary, int) else tf.minimum(requested, vocabulary)
+
+
+def _nucleus(values: tf.Tensor, log_total: tf.Tensor, top_p: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """Sets to ``-inf`` the sorted ``values`` below the nucleus of probability ``top_p``.
+
+    ``values`` are in decreasing order and ``log_total`` is the log of the
+    normalizer (over every logit still in play). The prefix grows while the
+    probability before its next position stays below ``p`` (so the first
+    position is always in); then every value at least as large as the last one
+    in it is kept (ties included).
+
+    Returns:
+        The masked values and the threshold (the last kept value), ``(..., 1)``.
+    """
+    probabilities = tf.exp(values - log_total)
+    before = tf.cumsum(probabilities, axis=-1, exclusive=True)
+    # a reduction rather than a slice: XLA then still sees top_k as a TopK, not as a full sort
+    threshold = tf.reduce_min(tf.where(before < top_p, values, tf.constant(np.inf, tf.float32)), axis=-1, keepdims=True)
+    return tf.where(values >= threshold, values, tf.constant(-np.inf, tf.float32)), threshold
+
+
+def _order_keys(values: tf.Tensor) -> tf.Tensor:
+    """int32 keys in the order of the float32 ``values`` (``-0.0`` counted as ``+0.0``)."""
+    bits = tf.bitcast(values + 0.0, tf.int32)  # x + 0.0 turns -0.0 into +0.0
+    # negative floats: the larger the magnitude bits, the smaller the value
+    return tf.where(bits < 0, tf.bitwise.bitwise_xor(bits, tf.constant(0x7FFFFFFF, tf.int32)), bits)
+
+
+def _nucleus_keys(scaled: tf.Tensor, top_p: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """Threshold of the nucleus found by bisection on the logits' order keys, without sorting.
+
+    Finds the largest key ``t`` such that the logits with a key ``>= t`` hold a
+    probability ``>= p``: 32 halvings of the int32 key range, each one masked
+    sum over the vocabulary. Same set as ``_nucleus`` on the sorted logits.
+
+    Returns:
+        The keys of ``scaled`` and the threshold key ``(..., 1)``.
+    """
+    keys = _order_keys(scaled)
+    weights = tf.exp(scaled - tf.reduce_max(scaled, axis=-1, keepdims=True))
+    target = top_p * tf.reduce_sum(weights, axis=-1, keepdims=True)
+    # the bounds in int64, where their difference cannot overflow
+    low = tf.cast(tf.reduce_min(keys, axis=-1, keepdims=True), tf.int64)  # every logit: probability 1 >= p
+    high = tf.cast(tf.reduce_max(keys, axis=-1, keepdims=True), tf.int64)
+    for _ in range(32):
+        middle = low + (high - low + 1) // 2
+        above = keys >= tf.cast(middle, tf.int32)
+        reached = tf.reduce_sum(tf.where(above, weights, 0.0), axis=-1, keepdims=True) >= target
+        low = tf.where(reached, middle, low)
+        high = tf.where(reached, high, middle - 1)
+    return keys, tf.cast(low, tf.int32)
+
+
+def _pick(values: tf.Tensor, indices: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Gumbel-max over the candidates ``values``, mapped back to vocabulary ``indices``."""
+    position = tf.argmax(values + gumbel(tf.shape(values), seed), axis=-1, output_type=tf.int32)
+    return tf.gather(indices, position[..., None], batch_dims=len(values.shape) - 1)[..., 0]
+
+
+def candidates(
+    logits: Any, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """The logits ``sample`` draws from, sorted in decreasing order, with their indices.
 
     The steps run in this order, each on the result of the previous one:
 
     1. ``logits / temperature``, in float32;
-    2. top-k: keep the logits at least as large as the ``k``-th largest (ties
-       with it included, so more than ``k`` may stay); ``k >= V`` keeps all;
-    3. top-p (nucleus): with the probabilities ``softmax`` of what is left,
-       keep the smallest set of largest logits whose probability reaches ``p``
-       (the next ones are kept when tied with the last one); ``p = 1`` keeps all.
+    2. top-k: keep the ``k`` largest logits (``tf.math.top_k``: on ties the
+       lower index comes first); ``k >= V`` keeps all;
+    3. top-p (nucleus): with the probabilities ``softmax`` over what is left,
+       keep the smallest prefix of the sorted logits whose probability reaches
+       ``p`` and the logits equal to its last one; the others become ``-inf``.
+       ``p = 1`` keeps all.
 
-    ``sample`` draws from ``softmax`` of the result.
+    This sorts the whole vocabulary for top-p without top-k; ``sample`` avoids it.
+
+    ``sample`` draws from ``softmax(values)`` and returns ``indices`` at the drawn position.
 
     Args:
         logits: a float tensor of shape ``(..., V)``; may contain ``-inf``.
@@ -124,41 +198,60 @@ def filter_logits(logits: Any, temperature: float = 1.0, top_k: int | None = Non
         top_p: ``None`` (no top-p) or a Python float in ``(0, 1]``.
 
     Returns:
-        A float32 tensor of shape ``(..., V)``.
+        ``(values, indices)``: float32 and int32 tensors of shape ``(..., K)``,
+        ``K = min(top_k, V)`` with top-k, else ``V``.
 
     Raises:
         TypeError: ``logits`` is not a float tensor, or an argument has the wrong type.
         ValueError: ``temperature <= 0``, ``top_k < 1`` or ``top_p`` outside ``(0, 1]``.
 
     Example:
-        >>> filter_logits(tf.math.log([[0.5, 0.3, 0.2]]), top_p=0.6).numpy().round(2).tolist()
-        [[-0.69, -1.2, -inf]]
+        >>> values, indices = candidates(tf.math.log([[0.2, 0.5, 0.3]]), top_p=0.6)
+        >>> indices.numpy().tolist(), values.numpy().round(2).tolist()
+        ([[1, 2, 0]], [[-0.69, -1.2, -inf]])
     """
     logits = _check_logits(logits)
     temperature = _check_temperature(temperature)
     if temperature == 0:
-        raise ValueError("`temperature` must be > 0 to filter logits (`sample` reads temperature=0 as greedy). Received: temperature=0.0")
+        raise ValueError("`temperature` must be > 0 for `candidates` (`sample` reads temperature=0 as greedy). Received: temperature=0.0")
     top_k, top_p = _check_top_k(top_k), _check_top_p(top_p)
-    scaled = tf.cast(logits, tf.float32)
-    if temperature != 1.0:
-        scaled = scaled / temperature
+    scaled = _scale(logits, temperature)
     vocabulary = dynamic_dims(scaled)[-1]
-    ranked = None  # the largest logits in decreasing order, (..., K)
-    if top_k is not None and not (isinstance(vocabulary, int) and top_k >= vocabulary):
-        k = top_k if isinstance(vocabulary, int) else tf.minimum(top_k, vocabulary)
-        ranked = tf.math.top_k(scaled, k=k, sorted=True).values  # (..., K)
-        scaled = _keep_from(scaled, ranked[..., -1:])
+    values, indices = tf.math.top_k(scaled, k=vocabulary if top_k is None else _count(top_k, vocabulary))  # (..., K)
     if top_p is not None and top_p < 1.0:
-        if ranked is None:
-            ranked = tf.sort(scaled, axis=-1, direction="DESCENDING")  # (..., V)
-        # normalized over every logit left, also the ties of the k-th one beyond `ranked`
-        probabilities = tf.exp(ranked - tf.reduce_logsumexp(scaled, axis=-1, keepdims=True))
-        before = tf.cumsum(probabilities, axis=-1, exclusive=True)  # probability of the larger logits
-        # the first logit is always kept (0 < p), then each while the set before it stays below p
-        kept = before < top_p
-        threshold = tf.reduce_min(tf.where(kept, ranked, tf.constant(np.inf, tf.float32)), axis=-1, keepdims=True)
-        scaled = _keep_from(scaled, threshold)
-    return scaled
+        log_total = tf.reduce_logsumexp(values if top_k else scaled, axis=-1, keepdims=True)
+        values, _ = _nucleus(values, log_total, top_p)
+    return values, indices
+
+
+def _sample_nucleus(scaled: tf.Tensor, seed: tf.Tensor, top_p: float) -> tf.Tensor:
+    """Top-p sampling without sorting the whole vocabulary.
+
+    The nucleus of a trained model usually fits in a few hundred tokens: the
+    ``NUCLEUS_CANDIDATES`` largest logits (``tf.math.top_k``) are enough when
+    their nucleus ends strictly above the smallest of them for every row.
+    Otherwise (``tf.cond``) the threshold comes from a bisection over the whole
+    vocabulary, which costs 32 masked sums but no sort (XLA on CPU sorts slowly).
+    """
+    vocabulary = dynamic_dims(scaled)[-1]
+    log_total = tf.reduce_logsumexp(scaled, axis=-1, keepdims=True)
+    values, indices = tf.math.top_k(scaled, k=_count(NUCLEUS_CANDIDATES, vocabulary))  # (..., K)
+    kept, threshold = _nucleus(values, log_total, top_p)
+    if isinstance(vocabulary, int) and vocabulary <= NUCLEUS_CANDIDATES:
+        return _pick(kept, indices, seed)
+
+    def everywhere() -> tf.Tensor:
+        keys, limit = _nucleus_keys(scaled, top_p)
+        masked = tf.where(keys >= limit, scaled, tf.constant(-np.inf, tf.float32))
+        return tf.argmax(masked + gumbel(tf.shape(masked), seed), axis=-1, output_type=tf.int32)
+
+    # the candidates suffice when the threshold is above their smallest value (its ties are all in),
+    # or when a row has no finite logit at all
+    inside = (threshold > tf.reduce_min(values, axis=-1, keepdims=True)) | tf.math.is_inf(log_total)
+    if isinstance(vocabulary, int):
+        return tf.cond(tf.reduce_all(inside), lambda: _pick(kept, indices, seed), everywhere)
+    everything = tf.greater_equal(NUCLEUS_CANDIDATES, vocabulary)
+    return tf.cond(everything | tf.reduce_all(inside), lambda: _pick(kept, indices, seed), everywhere)
 
 
 def gumbel(shape: Any, seed: Any) -> tf.Tensor:
@@ -180,12 +273,19 @@ def gumbel(shape: Any, seed: Any) -> tf.Tensor:
 def sample(
     logits: Any, seed: Any, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
 ) -> tf.Tensor:
-    """Draws one index over the last axis from ``softmax(filter_logits(logits, ...))``.
+    """Draws one index over the last axis, after temperature, top-k and top-p.
 
-    Temperature, top-k and top-p combine as described in ``filter_logits``;
-    ``temperature=0`` means greedy (``top_k`` / ``top_p`` then change nothing,
-    the largest logit being in every kept set). Indices whose logit is ``-inf``
-    are never drawn, unless a whole row is ``-inf`` (no valid choice: index 0).
+    The filters combine as described in ``candidates`` (temperature, then the
+    ``k`` largest logits, then the nucleus of probability ``p`` among them) and
+    the index is drawn from ``softmax`` of what is left. ``temperature=0``
+    means greedy (``top_k`` / ``top_p`` then change nothing, the largest logit
+    being in every kept set). Indices whose logit is ``-inf`` are never drawn,
+    unless a whole row is ``-inf`` (no valid choice; some index is returned).
+
+    Cost: plain and top-k sampling read the logits a few times; top-p without
+    top-k looks for the nucleus among the ``NUCLEUS_CANDIDATES`` (1024) largest
+    logits, and when it is larger, finds its threshold by bisection (32 masked
+    sums over the vocabulary) rather than by sorting.
 
     Args:
         logits: a float tensor of shape ``(..., V)``; may contain ``-inf``.
@@ -214,8 +314,17 @@ def sample(
     top_k, top_p = _check_top_k(top_k), _check_top_p(top_p)
     if temperature == 0:
         return greedy(logits)
-    filtered = filter_logits(logits, temperature, top_k, top_p)
-    return tf.argmax(filtered + gumbel(tf.shape(filtered), seed), axis=-1, output_type=tf.int32)
+    scaled = _scale(logits, temperature)
+    vocabulary = dynamic_dims(scaled)[-1]
+    nucleus = top_p is not None and top_p < 1.0
+    if top_k is not None and not (isinstance(vocabulary, int) and top_k >= vocabulary):
+        values, indices = tf.math.top_k(scaled, k=_count(top_k, vocabulary))  # (..., K)
+        if nucleus:
+            values, _ = _nucleus(values, tf.reduce_logsumexp(values, axis=-1, keepdims=True), top_p)
+        return _pick(values, indices, seed)
+    if nucleus:
+        return _sample_nucleus(scaled, seed, top_p)
+    return tf.argmax(scaled + gumbel(tf.shape(scaled), seed), axis=-1, output_type=tf.int32)
 
 
 def binary(
@@ -290,4 +399,4 @@ def binary(
     return tf.reduce_sum(bits * weights, axis=-1)  # (..., G)
 
 
-__all__ = ["binary", "filter_logits", "greedy", "gumbel", "sample"]
+__all__ = ["binary", "candidates", "greedy", "gumbel", "sample"]

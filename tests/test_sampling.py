@@ -21,24 +21,31 @@ def numpy_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
+def ranking(logits: np.ndarray) -> np.ndarray:
+    """Indices by decreasing logit, the lower index first on ties (what tf.math.top_k promises)."""
+    return np.argsort(-logits, axis=-1, kind="stable")
+
+
 def top_k_allowed(logits: np.ndarray, k: int) -> np.ndarray:
-    """Indices at least as large as the k-th largest logit (ties included)."""
-    kth = np.sort(logits, axis=-1)[..., ::-1][..., min(k, logits.shape[-1]) - 1 : min(k, logits.shape[-1])]
-    return logits >= kth
+    """The k largest logits, ties broken toward the lower index."""
+    allowed = np.zeros(logits.shape, dtype=bool)
+    np.put_along_axis(allowed, ranking(logits)[..., :k], True, axis=-1)
+    return allowed
 
 
-def top_p_allowed(logits: np.ndarray, p: float) -> tuple[np.ndarray, np.ndarray]:
-    """The smallest set of largest logits whose probability reaches p (ties with its last one included).
+def top_p_allowed(logits: np.ndarray, p: float, among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The smallest prefix of the ranked logits (within ``among``) whose probability reaches p, and its ties.
 
     Also returns the distance of p to the nearest cumulative probability, so that
     tests can skip cases where float rounding decides the set.
     """
+    among = np.ones(logits.shape, dtype=bool) if among is None else among
     allowed = np.zeros(logits.shape, dtype=bool)
     margins = np.zeros(logits.shape[:-1])
     for row in np.ndindex(*logits.shape[:-1]):
-        values = logits[row]
-        probabilities = numpy_softmax(values.astype(np.float64))
-        order = np.argsort(-values, kind="stable")
+        values = np.where(among[row], logits[row], -np.inf).astype(np.float64)
+        probabilities = numpy_softmax(values)
+        order = ranking(values)
         total, last = 0.0, None
         for index in order:
             last = values[index]
@@ -118,17 +125,21 @@ def test_greedy_is_numpy_argmax(logits):
     assert sampling.greedy(logits).dtype == tf.int32
 
 
-@given(strategies.logits(), st.integers(1, 14), st.floats(0.05, 1.0), st.floats(0.2, 3.0))
-def test_filter_logits_matches_numpy(logits, k, p, temperature):
+@given(strategies.logits(), st.one_of(st.none(), st.integers(1, 14)), st.one_of(st.none(), st.floats(0.05, 1.0)), st.floats(0.2, 3.0))
+def test_candidates_match_numpy(logits, k, p, temperature):
     scaled = logits / np.float32(temperature)
-    allowed = top_k_allowed(scaled, k)
-    after_k = np.where(allowed, scaled, -np.inf)
-    nucleus, margins = top_p_allowed(after_k, p)
-    assume(np.all(margins > 1e-4))  # rounding alone would decide the set
-    expected = np.where(nucleus, after_k, -np.inf)
-    actual = sampling.filter_logits(logits, temperature, top_k=k, top_p=p).numpy()
-    np.testing.assert_array_equal(np.isfinite(actual), np.isfinite(expected))
-    np.testing.assert_allclose(actual[np.isfinite(actual)], expected[np.isfinite(expected)], rtol=1e-6, atol=1e-30)  # TF flushes denormals
+    kept = top_k_allowed(scaled, k) if k is not None else np.ones(scaled.shape, dtype=bool)
+    if p is not None:
+        kept, margins = top_p_allowed(scaled, p, among=kept)
+        assume(np.all(margins > 1e-4))  # rounding alone would decide the set
+    values, indices = sampling.candidates(logits, temperature, top_k=k, top_p=p)
+    count = scaled.shape[-1] if k is None else min(k, scaled.shape[-1])
+    assert values.shape == indices.shape == scaled.shape[:-1] + (count,)
+    np.testing.assert_array_equal(indices.numpy(), ranking(scaled)[..., :count])
+    expected = np.take_along_axis(np.where(kept, scaled, -np.inf), indices.numpy(), axis=-1)
+    np.testing.assert_array_equal(np.isfinite(values.numpy()), np.isfinite(expected))
+    finite = np.isfinite(expected)
+    np.testing.assert_allclose(values.numpy()[finite], expected[finite], rtol=1e-6, atol=1e-30)  # TF flushes denormals
 
 
 @given(strategies.logits(), st.integers(1, 4), st.integers(0, 2**31 - 1))
@@ -197,8 +208,9 @@ def test_xla_agrees_and_reproduces():
     logits = np.random.default_rng(1).normal(size=(4, 300)).astype(np.float32)
     logits[:, ::7] = -np.inf
     for kwargs in (dict(top_k=5, top_p=0.9, temperature=0.7), dict(top_p=0.5), dict(top_k=1)):
-        filtered = tf.function(lambda x: sampling.filter_logits(x, **kwargs), jit_compile=True)  # noqa: B023
-        np.testing.assert_allclose(filtered(logits).numpy(), sampling.filter_logits(logits, **kwargs).numpy(), rtol=1e-6)
+        compiled = tf.function(lambda x: sampling.candidates(x, **kwargs), jit_compile=True)  # noqa: B023
+        for actual, expected in zip(compiled(logits), sampling.candidates(logits, **kwargs)):
+            np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=1e-6)
     np.testing.assert_array_equal(tf.function(sampling.greedy, jit_compile=True)(logits).numpy(), np.argmax(logits, -1))
     compiled = tf.function(lambda x, s: sampling.sample(x, s, top_k=5, top_p=0.9), jit_compile=True)
     first = compiled(logits, SEED).numpy()
@@ -223,6 +235,48 @@ def test_compiled_generation_loop_with_unknown_dims():
     assert samples.shape == (6, 3)
     assert top_k_allowed(logits, 3)[np.arange(3), samples].all()
     np.testing.assert_array_equal(generate(logits, SEED).numpy(), samples)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "xla"])
+@pytest.mark.parametrize("spread", [8.0, 0.1], ids=["small-nucleus", "large-nucleus"])
+def test_top_p_on_a_large_vocabulary(spread, compiled):
+    # V > NUCLEUS_CANDIDATES: a peaked row keeps its nucleus among the largest logits,
+    # a flat one (nucleus of ~90% of V) takes the full sort
+    vocabulary = sampling.NUCLEUS_CANDIDATES * 3
+    logits = (np.random.default_rng(3).normal(size=(2, vocabulary)) * spread).astype(np.float32)
+    allowed, margins = top_p_allowed(logits, 0.9)
+    assert np.all(margins > 1e-6)
+    assert (allowed.sum(axis=-1) > sampling.NUCLEUS_CANDIDATES).all() == (spread < 1)
+    samples = draws(logits, 30, compiled=compiled, top_p=0.9)
+    assert np.take_along_axis(np.broadcast_to(allowed, (30,) + allowed.shape), samples[..., None], -1).all()
+    if spread < 1:
+        # drawn from the whole nucleus, beyond the first candidates (all 60 below rank 1024: p < 1e-25)
+        ranks = np.argsort(ranking(logits), axis=-1)  # rank of every index
+        assert (np.take_along_axis(np.broadcast_to(ranks, (30,) + ranks.shape), samples[..., None], -1) >= sampling.NUCLEUS_CANDIDATES).any()
+
+
+def test_ties_across_the_candidates_are_all_kept():
+    # one large logit, then 3 * 1024 tied ones: the nucleus of 0.95 ends inside the tie, which
+    # straddles the 1024 candidates, so every tied index must stay possible
+    vocabulary = 3 * sampling.NUCLEUS_CANDIDATES
+    logits = np.zeros((1, vocabulary), np.float32)
+    logits[0, 0] = 8.0
+    logits[0, 5] = -np.inf
+    allowed, _ = top_p_allowed(logits, 0.95)
+    assert allowed.sum() == vocabulary - 1
+    samples = draws(logits, 200, top_p=0.95)
+    assert allowed[0, samples[:, 0]].all()
+    assert (samples > 2 * sampling.NUCLEUS_CANDIDATES).any()
+
+
+@given(strategies.logits(max_vocabulary=40), st.floats(0.05, 0.99))
+def test_nucleus_bisection_matches_numpy(logits, p):
+    # the path taken by large vocabularies, checked on small ones (ties come from the small float set)
+    logits = np.round(logits * 2) / 2  # many ties, +-0.0 too
+    allowed, margins = top_p_allowed(logits, p)
+    assume(np.all(margins > 1e-4))
+    keys, limit = sampling._nucleus_keys(tf.constant(logits), p)
+    np.testing.assert_array_equal((keys >= limit).numpy(), allowed)
 
 
 def test_half_precision_logits():
@@ -283,7 +337,7 @@ ERRORS = [
     (lambda: sampling.sample(LOGITS, None), ValueError, r"`seed` must be a shape \(2,\) int32 / int64 tensor to sample\. Received: seed=None"),
     (lambda: sampling.sample(tf.zeros((2, 8), tf.int32), SEED), TypeError, r"`logits` must be a float tensor\. Received: dtype=int32, shape=\(2, 8\)"),
     (lambda: sampling.greedy(tf.constant(1.0)), ValueError, r"`logits` must have rank >= 1 \(the choices on the last axis\)\. Received: shape=\(\)"),
-    (lambda: sampling.filter_logits(LOGITS, temperature=0.0), ValueError, r"`temperature` must be > 0 to filter logits"),
+    (lambda: sampling.candidates(LOGITS, temperature=0.0), ValueError, r"`temperature` must be > 0 for `candidates`"),
     (lambda: sampling.binary(LOGITS, 3), ValueError, r"`depth` must divide the last axis of `values`\. Received: depth=3, shape=\(2, 8\)"),
     (lambda: sampling.binary(LOGITS, 0), ValueError, r"`depth` must be an int >= 1\. Received: depth=0"),
     (lambda: sampling.binary(tf.zeros((1, 32)), 32), ValueError, r"`depth` must be at most 31 \(int32 outputs\)\. Received: depth=32"),
