@@ -342,7 +342,8 @@ def fold(x: tf.Tensor, order: int, rank: int, axis: int = -1) -> tf.Tensor:
         permutation = tf.constant(fold_permutation(order, rank))
         gathered = tf.gather(x, permutation, axis=position)
         folded = tf.reshape(gathered, _target(dims[:position] + [1 << order] * rank + dims[position + 1 :]))  # (..., D, ..., D, ...)
-    return tf.ensure_shape(folded, output_static)
+    # the reshape already knows a fully static shape: no EnsureShape op then
+    return folded if folded.shape.is_fully_defined() else tf.ensure_shape(folded, output_static)
 
 
 def unfold(x: tf.Tensor, order: int, rank: int, axes: Sequence[int] | None = None) -> tf.Tensor:
@@ -392,7 +393,7 @@ def unfold(x: tf.Tensor, order: int, rank: int, axes: Sequence[int] | None = Non
         x = tf.reshape(x, _target(flat))  # (..., L, ...), fails (even under XLA) on a wrong side
         permutation = tf.constant(unfold_permutation(order, rank))
         unfolded = tf.gather(x, permutation, axis=position)
-    return tf.ensure_shape(unfolded, output_static)
+    return unfolded if unfolded.shape.is_fully_defined() else tf.ensure_shape(unfolded, output_static)
 
 
 __all__ = [
