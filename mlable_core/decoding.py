@@ -29,15 +29,39 @@ from typing import Any
 
 import tensorflow as tf
 
-from mlable_core import shapes
+from mlable_core import sampling, shapes
 
 StepFn = Callable[[tf.Tensor, Any, tf.Tensor], tuple[tf.Tensor, Any]]
 Sampler = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
 
 def argmax_sampler(logits: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:  # noqa: ARG001
-    """Greedy choice over the last axis; the default sampler of ``generate``."""
-    return tf.argmax(logits, axis=-1, output_type=tf.int32)
+    """Greedy choice over the last axis (``mlable_core.sampling.greedy``); the default sampler of ``generate``."""
+    return sampling.greedy(logits)
+
+
+def make_sampler(temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None) -> Sampler:
+    """A ``Sampler`` for ``generate``: greedy when ``temperature == 0``, else ``mlable_core.sampling.sample``.
+
+    The arguments are validated here, once, rather than at every step.
+
+    Args:
+        temperature: 0 for greedy decoding, else the softmax temperature (> 0).
+        top_k: keep the ``k`` largest logits, or ``None``.
+        top_p: keep the smallest set whose probability reaches ``p``, or ``None``.
+
+    Returns:
+        ``sampler(logits, seed) -> int32 indices`` over the last axis.
+    """
+    probe = tf.zeros((1, 2))
+    sampling.sample(probe, tf.zeros((2,), tf.int32), temperature=temperature, top_k=top_k, top_p=top_p)  # validates
+    if temperature == 0:
+        return argmax_sampler
+
+    def sampler(logits: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        return sampling.sample(logits, seed, temperature=temperature, top_k=top_k, top_p=top_p)
+
+    return sampler
 
 
 def stop_at(value: int, group: int = 1) -> Callable[[tf.Tensor], tf.Tensor]:
@@ -206,4 +230,4 @@ def generate_uncached(
     return tokens
 
 
-__all__ = ["Sampler", "StepFn", "argmax_sampler", "generate", "generate_uncached", "stop_at"]
+__all__ = ["Sampler", "StepFn", "argmax_sampler", "generate", "generate_uncached", "make_sampler", "stop_at"]

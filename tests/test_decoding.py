@@ -153,3 +153,17 @@ def test_uncached_reference_compiles():
     run = tf.function(lambda prompt: decoding.generate_uncached(toy_full, prompt, 9), jit_compile=True)
     prompt = np.arange(12, dtype="int32").reshape(2, 3, 2) % CLASSES
     np.testing.assert_array_equal(run(prompt).numpy(), naive_generate(prompt, 9)[0])
+
+
+def test_make_sampler_greedy_and_sampling():
+    logits = tf.constant([[0.0, 3.0, 1.0], [2.0, -np.inf, 1.0]])
+    np.testing.assert_array_equal(decoding.make_sampler()(logits, tf.constant([0, 0])).numpy(), [1, 0])
+    top1 = decoding.make_sampler(temperature=1.0, top_k=1)
+    np.testing.assert_array_equal(top1(logits, tf.constant([5, 6])).numpy(), [1, 0])
+    draws = np.stack([decoding.make_sampler(temperature=1.0)(logits, tf.constant([0, i])).numpy() for i in range(64)])
+    assert set(np.unique(draws[:, 0])) <= {0, 1, 2} and len(np.unique(draws[:, 0])) > 1
+    assert 1 not in draws[:, 1], "an index of logit -inf was drawn"
+    with pytest.raises(ValueError, match="top_k"):
+        decoding.make_sampler(temperature=1.0, top_k=0)
+    with pytest.raises(ValueError, match="temperature"):
+        decoding.make_sampler(temperature=-1.0)
