@@ -1,0 +1,631 @@
+"""Key/value cache and multi-head dot-product attention on projected tensors.
+
+Shape letters used in this module:
+
+- ``B`` batch, ``N`` heads, ``H`` head dimension;
+- ``F`` the positions given to one call (the query length; for a cached call
+  also the number of new keys / values);
+- ``S`` the key / value length of plain (uncached) attention;
+- ``T`` the slots allocated in a cache.
+
+Cache convention
+----------------
+A cache is ONE tensor of shape ``(2, B, T, N, H)`` in the compute dtype:
+``cache[0]`` holds the keys and ``cache[1]`` the values, and slot ``t`` holds
+absolute position ``t``. ``create_cache`` allocates it filled with zeros.
+
+A cached call at ``step`` with ``F`` new positions:
+
+- writes its keys / values into slots ``[step, step + F)``, replacing what was
+  there (writing a step twice overwrites, it never accumulates);
+- puts query ``i`` at absolute position ``step + i``; with the causal mask it
+  sees the slots ``<= step + i``; without it, every written slot ``< step + F``;
+- never sees a slot at or beyond ``step + F`` ("empty" slots, whatever they hold);
+- combines all this with an optional user mask over the ``T`` slots.
+
+Prefill (``F > 1``) and decode (``F = 1``) are the same call: prefill at
+``step=0``, then decode one position at a time at ``step = F_prefill``,
+``F_prefill + 1``, ... Decoding position by position gives the same outputs
+as one causal pass over the whole sequence.
+
+``step=None`` appends instead: the new keys / values are concatenated after
+the existing slots, which are all taken as filled (the cache grows by ``F``
+slots per call, so a compiled loop would retrace: pass ``step`` there).
+
+What each call reads and writes
+-------------------------------
+- Eagerly and in ``tf.function`` graphs the attention reads only the filled
+  slots ``cache[:, :, :step + F]`` (a dynamic slice), so its cost grows with the
+  filled length, not with ``T``. The update itself returns a new tensor:
+  TensorFlow tensors are immutable outside XLA, so writing ``F`` slots copies
+  the ``T``-slot cache once per call (a memory copy, no arithmetic).
+- Under XLA (``jit_compile=True``, detected while tracing) shapes must be
+  static, so the attended length cannot be ``step + F``. The attention reads
+  the smallest "bucket" of slots that holds ``step + F`` (powers of two from
+  ``MIN_BUCKET`` up to ``T``, picked at run time by a ``tf.switch_case``); the
+  mask gives the slots in ``[step + F, bucket)`` a weight of exactly 0, so the
+  result is the same and the cost stays within 2x of the filled length. The
+  update is a scatter that XLA performs in place inside a compiled loop (the
+  cache buffer is reused across iterations, no copy per step).
+- ``span`` overrides this choice: ``"filled"`` (dynamic slice; not under XLA),
+  ``"buckets"``, or ``"allocated"`` (every slot, masked).
+
+Writing past the end (``step + F > T``) or at a negative step raises a
+``ValueError`` eagerly and when ``step`` is a Python int, and a
+``tf.errors.InvalidArgumentError`` with the same message at run time in a graph.
+Under XLA, where assertions are dropped, the slots past the end are not written
+and the whole output of the overflowing call is NaN, so that the overflow shows
+instead of passing silently.
+
+Softmax runs in float32 whatever the compute dtype (scores are cast up, the
+weights cast back), so float16 / bfloat16 caches keep full-precision
+normalization.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import tensorflow as tf
+
+from mlable_core import shapes
+from mlable_core.reshaping import dynamic_dims
+
+# smallest number of slots attended under XLA; below it, bucketing saves nothing
+MIN_BUCKET = 64
+
+SPANS = ("auto", "filled", "buckets", "allocated")
+
+# added to masked scores before the float32 softmax; finite so that gradients stay finite
+_MASKED_SCORE = -1e9
+
+
+def in_xla_context() -> bool:
+    """Whether the current code is being traced for XLA compilation (``jit_compile=True``).
+
+    True inside a ``tf.function(jit_compile=True)``, in any function it calls
+    and in the bodies of its loops and conditionals; False eagerly and in plain
+    ``tf.function`` graphs.
+    """
+    if tf.executing_eagerly():
+        return False
+    try:
+        # TensorFlow marks graphs traced for XLA with an XLA control-flow context
+        from tensorflow.python.framework import ops as tf_ops
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # pragma: no cover - a TensorFlow without these internals
+        return False
+    return bool(control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph()))
+
+
+def _shape_text(shape: Sequence[int | None]) -> str:
+    return "(" + ", ".join(str(dim) for dim in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _static(x: tf.Tensor, name: str, rank: int, letters: str) -> tuple[int | None, ...]:
+    if x.shape.rank != rank:
+        shape = "<unknown rank>" if x.shape.rank is None else _shape_text(x.shape.as_list())
+        raise ValueError(f"`{name}` must have rank {rank}, shape {letters}. Received: {name} with shape {shape}")
+    return tuple(x.shape.as_list())
+
+
+def _check_float(x: tf.Tensor, name: str) -> None:
+    if not x.dtype.is_floating:
+        raise TypeError(f"`{name}` must be a floating-point tensor. Received: {name} with dtype {x.dtype.name}")
+
+
+def _check_same_dim(values: dict[str, int | None], what: str, shapes_text: str) -> None:
+    known = {name: dim for name, dim in values.items() if dim is not None}
+    if len(set(known.values())) > 1:
+        detail = ", ".join(f"{name}={dim}" for name, dim in known.items())
+        raise ValueError(f"The {what} must agree: {detail}. Received: {shapes_text}")
+
+
+def _normalize_step(step: int | tf.Tensor) -> tuple[tf.Tensor, int | None]:
+    """``step`` as an int32 scalar tensor, plus its value when known in Python."""
+    if tf.is_tensor(step) or isinstance(step, tf.Variable):
+        step = tf.convert_to_tensor(step)
+        if not step.dtype.is_integer:
+            raise TypeError(f"`step` must be an integer scalar. Received: step with dtype {step.dtype.name}")
+        if step.shape.rank not in (None, 0):
+            raise ValueError(f"`step` must be a scalar. Received: step with shape {_shape_text(step.shape.as_list())}")
+        value = int(step.numpy()) if tf.executing_eagerly() else tf.get_static_value(step)
+        return tf.cast(tf.reshape(step, ()), tf.int32), None if value is None else int(value)
+    value = shapes.check_int(step, "step")
+    return tf.constant(value, tf.int32), value
+
+
+def _overflow_message(cache_shape: Sequence[int | None], values: tuple[int, int, int] | None = None) -> str:
+    head = f"The new positions must fit in the cache: 0 <= step and step + F <= T, for a cache of shape {_shape_text(cache_shape)}. "
+    if values is None:
+        return head + "Received at run time: step, F new positions, T slots ="
+    step, new, slots = values
+    return head + f"Received: step={step}, F={new} new positions, T={slots} slots"
+
+
+def _check_fits(
+    step: tf.Tensor, step_value: int | None, new: int | tf.Tensor, slots: int | tf.Tensor, cache_shape: Sequence[int | None]
+) -> tuple[list[tf.Operation], tf.Tensor | None]:
+    """Validates ``0 <= step`` and ``step + F <= T``.
+
+    Returns:
+        Graph assertions to depend on, and (under XLA only) a boolean scalar
+        that is True when the write does not fit, to poison the output with.
+    """
+    if step_value is not None and isinstance(new, int) and isinstance(slots, int):
+        if step_value < 0 or step_value + new > slots:
+            raise ValueError(_overflow_message(cache_shape, (step_value, new, slots)))
+        return [], None
+    # eagerly every value is known and was checked above: this is a graph
+    fits = tf.logical_and(step >= 0, step + tf.cast(new, tf.int32) <= tf.cast(slots, tf.int32))
+    if in_xla_context():
+        # XLA drops assertions: report the overflow through the output instead
+        return [], tf.logical_not(fits)
+    return [tf.debugging.Assert(fits, [_overflow_message(cache_shape), step, new, slots])], None
+
+
+@tf.autograph.experimental.do_not_convert
+def create_cache(batch_size: int, cache_length: int, num_heads: int, head_dim: int, dtype: tf.DType | str = "float32") -> tf.Tensor:
+    """Allocates an empty key/value cache of shape ``(2, B, T, N, H)``, filled with zeros.
+
+    Allocate it in the compute dtype of the attention layer (e.g. ``float16``
+    under ``mixed_float16``): a cache of another dtype than the keys and values
+    written into it is rejected (under XLA such a write fails deep in the
+    compiler).
+
+    Args:
+        batch_size: ``B``, a positive int.
+        cache_length: ``T``, the number of position slots, a positive int.
+        num_heads: ``N``, a positive int.
+        head_dim: ``H``, the key (and value) size per head, a positive int.
+        dtype: a floating dtype.
+
+    Returns:
+        A zero tensor of shape ``(2, batch_size, cache_length, num_heads, head_dim)``.
+
+    Raises:
+        TypeError: a size is not an int, or ``dtype`` is not floating.
+        ValueError: a size is not positive.
+
+    Example:
+        >>> create_cache(batch_size=4, cache_length=128, num_heads=8, head_dim=64, dtype="bfloat16").shape
+        TensorShape([2, 4, 128, 8, 64])
+    """
+    dims = [
+        shapes.check_int(batch_size, "batch_size", minimum=1),
+        shapes.check_int(cache_length, "cache_length", minimum=1),
+        shapes.check_int(num_heads, "num_heads", minimum=1),
+        shapes.check_int(head_dim, "head_dim", minimum=1),
+    ]
+    try:
+        dtype = tf.as_dtype(dtype)
+    except TypeError as error:
+        raise TypeError(f"`dtype` must be a floating dtype. Received: dtype={dtype!r}") from error
+    if not dtype.is_floating:
+        raise TypeError(f"`dtype` must be a floating dtype. Received: dtype={dtype.name}")
+    return tf.zeros([2] + dims, dtype=dtype)  # (2, B, T, N, H)
+
+
+def _check_cache_and_update(cache: tf.Tensor, key: tf.Tensor, value: tf.Tensor) -> None:
+    cache_shape = _static(cache, "cache", 5, "(2, B, T, N, H)")
+    key_shape = _static(key, "key", 4, "(B, F, N, H)")
+    value_shape = _static(value, "value", 4, "(B, F, N, H)")
+    _check_float(cache, "cache")
+    if cache_shape[0] not in (None, 2):
+        raise ValueError(
+            f"`cache` must stack keys and values on axis 0, shape (2, B, T, N, H). Received: cache with shape {_shape_text(cache_shape)}"
+        )
+    text = f"cache {_shape_text(cache_shape)}, key {_shape_text(key_shape)}, value {_shape_text(value_shape)}"
+    if key_shape != value_shape and any(
+        k is not None and v is not None and k != v for k, v in zip(key_shape, value_shape)
+    ):
+        raise ValueError(f"`key` and `value` must have the same shape (B, F, N, H). Received: {text}")
+    _check_same_dim({"cache B": cache_shape[1], "key B": key_shape[0], "value B": value_shape[0]}, "batch sizes B", text)
+    _check_same_dim({"cache N": cache_shape[3], "key N": key_shape[2], "value N": value_shape[2]}, "head counts N", text)
+    _check_same_dim({"cache H": cache_shape[4], "key H": key_shape[3], "value H": value_shape[3]}, "head sizes H", text)
+    for name, tensor in (("key", key), ("value", value)):
+        if tensor.dtype != cache.dtype:
+            raise TypeError(
+                f"`{name}` must have the dtype of `cache` (allocate the cache in the compute dtype). "
+                f"Received: {name} dtype {tensor.dtype.name}, cache dtype {cache.dtype.name}"
+            )
+
+
+def _scatter(cache: tf.Tensor, key: tf.Tensor, value: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
+    """Writes ``key`` / ``value`` into slots ``[step, step + F)`` (no validation)."""
+    batch, new = dynamic_dims(key)[:2]
+    update = tf.stack([key, value])  # (2, B, F, N, H)
+    kind = tf.reshape(tf.range(2), (2, 1, 1))  # (2, 1, 1)
+    row = tf.reshape(tf.range(batch), (1, -1, 1))  # (1, B, 1)
+    slot = tf.reshape(step + tf.range(new), (1, 1, -1))  # (1, 1, F)
+    grid = tf.stack([2, batch, new])
+    indices = tf.stack([tf.broadcast_to(part, grid) for part in (kind, row, slot)], axis=-1)  # (2, B, F, 3)
+    return tf.tensor_scatter_nd_update(cache, indices, update)
+
+
+@tf.autograph.experimental.do_not_convert
+def update_cache(cache: tf.Tensor, key: tf.Tensor, value: tf.Tensor, step: int | tf.Tensor) -> tf.Tensor:
+    """Writes ``F`` new keys and values into the slots ``[step, step + F)`` of a cache.
+
+    The slots are replaced (a step written twice holds the last write); every
+    other slot is unchanged. Under XLA inside a compiled loop the write is done
+    in place on the loop's cache buffer; elsewhere the result is a new tensor
+    (one copy of the cache).
+
+    Args:
+        cache: ``(2, B, T, N, H)``, keys at index 0 and values at index 1.
+        key: ``(B, F, N, H)``, in the dtype of ``cache``.
+        value: ``(B, F, N, H)``, in the dtype of ``cache``.
+        step: the slot of the first new position: a Python int or an integer
+            scalar tensor (e.g. an int32 loop counter).
+
+    Returns:
+        The updated cache, same shape and dtype.
+
+    Raises:
+        ValueError: shapes do not match, or the write does not fit
+            (``step < 0`` or ``step + F > T``) and this is known eagerly or while tracing.
+        TypeError: the dtypes differ, or ``step`` is not an integer.
+        tf.errors.InvalidArgumentError: in a graph, the write does not fit at run time.
+
+    Under XLA, assertions are dropped: positions past the end are not written
+    (``cached_attention`` makes the output NaN in that case).
+
+    Example:
+        >>> cache = create_cache(1, 8, 2, 4)
+        >>> new = tf.ones((1, 3, 2, 4))
+        >>> update_cache(cache, new, 2 * new, step=5)[1, 0, :, 0, 0].numpy()
+        array([0., 0., 0., 0., 0., 2., 2., 2.], dtype=float32)
+    """
+    cache, key, value = (tf.convert_to_tensor(t) for t in (cache, key, value))
+    _check_cache_and_update(cache, key, value)
+    step, step_value = _normalize_step(step)
+    new = dynamic_dims(key)[1]
+    slots = dynamic_dims(cache)[2]
+    checks, _ = _check_fits(step, step_value, new, slots, tuple(cache.shape.as_list()))
+    with tf.control_dependencies(checks):
+        return _scatter(cache, key, value, step)
+
+
+@tf.autograph.experimental.do_not_convert
+def build_attention_mask(
+    query_length: int | tf.Tensor,
+    key_length: int | tf.Tensor,
+    step: int | tf.Tensor = 0,
+    filled_length: int | tf.Tensor | None = None,
+    use_causal_mask: bool = True,
+    sliding_window: int | None = None,
+    mask: tf.Tensor | None = None,
+) -> tf.Tensor:
+    """Which key slots each query position may attend to, as a boolean tensor.
+
+    Query ``i`` sits at absolute position ``step + i`` and key slot ``j`` at
+    position ``j``. Slot ``j`` is visible from query ``i`` when all of these hold:
+
+    - ``j < filled_length`` (slots beyond are empty; ``None``: every slot is filled);
+    - ``j <= step + i`` if ``use_causal_mask``;
+    - ``|step + i - j| < sliding_window`` if a window is given;
+    - ``mask[..., i, j]`` if a user mask is given.
+
+    Args:
+        query_length: ``F``, the number of query positions.
+        key_length: the number of key slots (``S``, or ``T`` for a cache).
+        step: the absolute position of the first query.
+        filled_length: slots at or beyond it are never visible.
+        use_causal_mask: hide the positions after each query.
+        sliding_window: a positive int, or ``None`` for no window.
+        mask: an optional boolean (or 0 / 1) user mask of shape
+            ``(B, F, key_length)``, where ``B`` and ``F`` may be 1 (broadcast).
+
+    Returns:
+        A boolean tensor of shape ``(1, F, key_length)``, or ``(B, F, key_length)``
+        with a user mask.
+
+    Raises:
+        ValueError: the user mask has another rank or a mismatching static shape.
+
+    Example:
+        >>> build_attention_mask(2, 5, step=2, filled_length=4).numpy().astype(int)
+        array([[[1, 1, 1, 0, 0],
+                [1, 1, 1, 1, 0]]])
+    """
+    step = tf.cast(step, tf.int32)
+    queries = tf.reshape(step + tf.range(query_length), (1, -1, 1))  # (1, F, 1)
+    slots = tf.reshape(tf.range(key_length), (1, 1, -1))  # (1, 1, S)
+    visible = tf.ones_like(queries, dtype=tf.bool) & tf.ones_like(slots, dtype=tf.bool)  # (1, F, S)
+    if filled_length is not None:
+        visible &= slots < tf.cast(filled_length, tf.int32)
+    if use_causal_mask:
+        visible &= slots <= queries
+    if sliding_window is not None:
+        window = shapes.check_int(sliding_window, "sliding_window", minimum=1)
+        visible &= tf.abs(queries - slots) < window
+    if mask is not None:
+        visible &= _user_mask(mask, query_length, key_length)
+    return visible
+
+
+def _user_mask(mask: tf.Tensor, query_length: int | tf.Tensor, key_length: int | tf.Tensor) -> tf.Tensor:
+    """The user mask as booleans, after checking its static shape against ``(B, F, S)``."""
+    mask = tf.convert_to_tensor(mask)
+    static = _static(mask, "attention_mask", 3, "(B, F, S) with S the key slots")
+    queries = query_length if isinstance(query_length, int) else None
+    keys = key_length if isinstance(key_length, int) else None
+    bad_queries = static[1] is not None and queries is not None and static[1] not in (1, queries)
+    bad_keys = static[2] is not None and keys is not None and static[2] != keys
+    if bad_queries or bad_keys:
+        raise ValueError(
+            f"`attention_mask` must have shape (B, F, S) with F={queries} query positions (or 1) and "
+            f"S={keys} key slots. Received: attention_mask with shape {_shape_text(static)}"
+        )
+    return mask if mask.dtype == tf.bool else tf.not_equal(mask, tf.zeros((), mask.dtype))
+
+
+def _attend(
+    query: tf.Tensor,
+    key: tf.Tensor,
+    value: tf.Tensor,
+    visible: tf.Tensor,
+    scale: float,
+    dropout: Callable[[tf.Tensor], tf.Tensor] | None,
+    return_scores: bool,
+) -> tuple[tf.Tensor, tf.Tensor | None]:
+    """Masked softmax attention of ``(B, F, N, H)`` queries over ``(B, S, N, H)`` keys / values.
+
+    Scores and softmax in float32; fully masked rows get all-zero weights.
+    """
+    dtype = query.dtype
+    query = query * tf.cast(scale, dtype)
+    visible = visible[:, None]  # (B, 1, F, S)
+    if query.shape[1] == 1:
+        # one query position (decoding): multiply and reduce in the cache layout, which reads the
+        # keys and values once instead of transposing them to (B, N, S, H) for a batched matmul
+        scores = tf.reduce_sum(key * query, axis=-1)  # (B, S, N)
+        scores = tf.transpose(scores, (0, 2, 1))[:, :, None]  # (B, N, 1, S)
+    else:
+        scores = tf.einsum("bfnh,bsnh->bnfs", query, key)  # (B, N, F, S)
+    scores = tf.where(visible, tf.cast(scores, tf.float32), _MASKED_SCORE)
+    weights = tf.where(visible, tf.nn.softmax(scores, axis=-1), 0.0)  # (B, N, F, S)
+    weights = tf.cast(weights, dtype)
+    mixed = weights if dropout is None else dropout(weights)
+    if query.shape[1] == 1:
+        mixed_slots = tf.transpose(mixed[:, :, 0], (0, 2, 1))[..., None]  # (B, S, N, 1)
+        output = tf.reduce_sum(mixed_slots * value, axis=1, keepdims=True)  # (B, 1, N, H)
+    else:
+        output = tf.einsum("bnfs,bsnh->bfnh", mixed, value)  # (B, F, N, H)
+    return output, (weights if return_scores else None)
+
+
+def _check_qkv(query: tf.Tensor, key: tf.Tensor, value: tf.Tensor) -> None:
+    query_shape = _static(query, "query", 4, "(B, F, N, H)")
+    key_shape = _static(key, "key", 4, "(B, S, N, H)")
+    value_shape = _static(value, "value", 4, "(B, S, N, H)")
+    text = f"query {_shape_text(query_shape)}, key {_shape_text(key_shape)}, value {_shape_text(value_shape)}"
+    for tensor, name in ((query, "query"), (key, "key"), (value, "value")):
+        _check_float(tensor, name)
+        if tensor.dtype != query.dtype:
+            raise TypeError(f"`query`, `key` and `value` must share one dtype. Received: {text} with dtypes {query.dtype.name}, {key.dtype.name}, {value.dtype.name}")
+    _check_same_dim({"query B": query_shape[0], "key B": key_shape[0], "value B": value_shape[0]}, "batch sizes B", text)
+    _check_same_dim({"key S": key_shape[1], "value S": value_shape[1]}, "key and value lengths S", text)
+    _check_same_dim({"query N": query_shape[2], "key N": key_shape[2], "value N": value_shape[2]}, "head counts N", text)
+    _check_same_dim({"query H": query_shape[3], "key H": key_shape[3]}, "query and key head sizes H", text)
+
+
+def _scale(query: tf.Tensor, scale: float | None) -> float:
+    if scale is not None:
+        return float(scale)
+    head_dim = query.shape[-1]
+    if head_dim is None:
+        raise ValueError("The head size (last axis of `query`) must be known to derive the default `scale` = 1 / sqrt(H)")
+    return 1.0 / math.sqrt(head_dim)
+
+
+@tf.autograph.experimental.do_not_convert
+def attention(
+    query: tf.Tensor,
+    key: tf.Tensor,
+    value: tf.Tensor,
+    attention_mask: tf.Tensor | None = None,
+    use_causal_mask: bool = True,
+    sliding_window: int | None = None,
+    scale: float | None = None,
+    dropout: Callable[[tf.Tensor], tf.Tensor] | None = None,
+    return_scores: bool = False,
+) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor]:
+    """Multi-head dot-product attention on projected queries, keys and values (no cache).
+
+    ``softmax(scale * q . k + mask) . v`` per head, with the softmax in float32.
+    The causal mask aligns the first query with the first key (query ``i``
+    sees keys ``j <= i``), as ``keras.layers.MultiHeadAttention`` does. A row
+    whose every key is masked gets all-zero weights.
+
+    Args:
+        query: ``(B, F, N, H)``.
+        key: ``(B, S, N, H)``.
+        value: ``(B, S, N, Hv)``.
+        attention_mask: optional boolean ``(B, F, S)`` (``B``, ``F`` may be 1).
+        use_causal_mask: hide the keys after each query.
+        sliding_window: optional positive int, keys farther than it are hidden.
+        scale: the score scale, ``1 / sqrt(H)`` by default.
+        dropout: optional callable applied to the attention weights before
+            they mix the values (e.g. a bound Keras ``Dropout``).
+        return_scores: also return the weights.
+
+    Returns:
+        ``(B, F, N, Hv)`` in the query dtype, and with ``return_scores`` the
+        weights ``(B, N, F, S)`` (each visible row sums to 1).
+
+    Example:
+        >>> q = k = v = tf.random.normal((2, 5, 4, 8))
+        >>> attention(q, k, v).shape
+        TensorShape([2, 5, 4, 8])
+    """
+    query, key, value = (tf.convert_to_tensor(t) for t in (query, key, value))
+    _check_qkv(query, key, value)
+    query_length, key_length = dynamic_dims(query)[1], dynamic_dims(key)[1]
+    visible = build_attention_mask(
+        query_length, key_length, 0, None, use_causal_mask, sliding_window, attention_mask
+    )
+    output, scores = _attend(query, key, value, visible, _scale(query, scale), dropout, return_scores)
+    return (output, scores) if return_scores else output
+
+
+def bucket_lengths(cache_length: int, min_bucket: int = MIN_BUCKET) -> tuple[int, ...]:
+    """The attended lengths used under XLA: powers of two from ``min_bucket``, capped by ``cache_length``.
+
+    Example:
+        >>> bucket_lengths(300)
+        (64, 128, 256, 300)
+    """
+    cache_length = shapes.check_int(cache_length, "cache_length", minimum=1)
+    lengths = []
+    length = shapes.check_int(min_bucket, "min_bucket", minimum=1)
+    while length < cache_length:
+        lengths.append(length)
+        length *= 2
+    return tuple(lengths) + (cache_length,)
+
+
+@tf.autograph.experimental.do_not_convert
+def cached_attention(
+    query: tf.Tensor,
+    key: tf.Tensor,
+    value: tf.Tensor,
+    cache: tf.Tensor,
+    step: int | tf.Tensor | None,
+    attention_mask: tf.Tensor | None = None,
+    use_causal_mask: bool = True,
+    sliding_window: int | None = None,
+    scale: float | None = None,
+    dropout: Callable[[tf.Tensor], tf.Tensor] | None = None,
+    return_scores: bool = False,
+    span: str = "auto",
+) -> tuple[tf.Tensor, tf.Tensor] | tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """One attention step with a key/value cache: write the new keys / values, then attend.
+
+    See the module docstring for the cache convention. Prefill (``F > 1``)
+    and decode (``F = 1``) are the same call; decoding a sequence in chunks of
+    any sizes gives the outputs of one causal pass over it.
+
+    Args:
+        query: ``(B, F, N, H)`` projected queries.
+        key: ``(B, F, N, H)`` projected keys of the same ``F`` positions.
+        value: ``(B, F, N, H)`` projected values.
+        cache: ``(2, B, T, N, H)`` in the dtype of the projections.
+        step: absolute position of the first new position (Python int or int
+            scalar tensor); ``None`` appends after the existing slots (the
+            cache grows by ``F``, and every slot counts as filled).
+        attention_mask: optional boolean ``(B, F, T)`` over the cache slots
+            (with ``step=None``: over the ``T + F`` slots after the append).
+        use_causal_mask: query ``i`` sees slots ``<= step + i`` only.
+        sliding_window: optional positive int; slots at distance ``>=`` it are hidden.
+        scale: score scale, ``1 / sqrt(H)`` by default.
+        dropout: optional callable applied to the attention weights.
+        return_scores: also return the weights ``(B, N, F, T)``.
+        span: which slots the attention reads: ``"auto"`` (``"filled"``
+            outside XLA, ``"buckets"`` under XLA), ``"filled"``, ``"buckets"``
+            or ``"allocated"``; every choice gives the same result.
+
+    Returns:
+        ``(output, new_cache)``, or ``(output, scores, new_cache)`` with
+        ``return_scores``: ``output`` is ``(B, F, N, H)``; ``scores`` is
+        ``(B, N, F, T)`` with exactly 0 on masked and empty slots.
+
+    Raises:
+        ValueError: mismatching shapes, an unknown ``span``, ``"filled"`` under
+            XLA, or a write past the end known eagerly or while tracing.
+        TypeError: dtypes differ or ``step`` is not an integer.
+        tf.errors.InvalidArgumentError: in a graph, a write past the end at run time.
+
+    Example:
+        >>> cache = create_cache(batch_size=2, cache_length=16, num_heads=4, head_dim=8)
+        >>> q = k = v = tf.random.normal((2, 3, 4, 8))
+        >>> output, cache = cached_attention(q, k, v, cache, step=0)  # prefill 3 positions
+        >>> q = k = v = tf.random.normal((2, 1, 4, 8))
+        >>> output, cache = cached_attention(q, k, v, cache, step=3)  # decode the 4th
+        >>> output.shape
+        TensorShape([2, 1, 4, 8])
+    """
+    if span not in SPANS:
+        raise ValueError(f"`span` must be one of {SPANS}. Received: span={span!r}")
+    query, key, value, cache = (tf.convert_to_tensor(t) for t in (query, key, value, cache))
+    _check_qkv(query, key, value)
+    _check_cache_and_update(cache, key, value)
+    query_shape, key_shape = query.shape.as_list(), key.shape.as_list()
+    if query_shape[1] is not None and key_shape[1] is not None and query_shape[1] != key_shape[1]:
+        raise ValueError(
+            "With a cache, `query`, `key` and `value` must cover the same F new positions. "
+            f"Received: query with shape {_shape_text(query_shape)}, key with shape {_shape_text(key_shape)}"
+        )
+    scale = _scale(query, scale)
+    xla = in_xla_context()
+    if span == "filled" and xla:
+        raise ValueError('`span="filled"` slices the cache to a length known only at run time, which XLA cannot compile: use "buckets" or "allocated"')
+    new = dynamic_dims(query)[1]
+    if step is None:
+        # append: the existing slots are all filled, the new positions follow them
+        step_tensor = tf.shape(cache, out_type=tf.int32)[2]
+        cache = tf.concat([cache, tf.stack([key, value])], axis=2)  # (2, B, T + F, N, H)
+        poisoned = None
+        checks = []
+    else:
+        step_tensor, step_value = _normalize_step(step)
+        slots = dynamic_dims(cache)[2]
+        checks, poisoned = _check_fits(step_tensor, step_value, new, slots, tuple(cache.shape.as_list()))
+        with tf.control_dependencies(checks):
+            cache = _scatter(cache, key, value, step_tensor)
+    slots = dynamic_dims(cache)[2]
+    filled = step_tensor + tf.cast(new, tf.int32)
+    if span == "auto":
+        span = "buckets" if xla else "filled"
+    if span == "buckets" and not isinstance(slots, int):
+        span = "allocated"  # buckets need a static T
+
+    def attend_over(length: int | tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None]:
+        keys, values = cache[0, :, :length], cache[1, :, :length]  # (B, L, N, H)
+        mask = None if attention_mask is None else tf.convert_to_tensor(attention_mask)
+        if mask is not None:
+            _user_mask(mask, new, slots)
+            mask = mask[:, :, :length]
+        visible = build_attention_mask(new, length, step_tensor, filled, use_causal_mask, sliding_window, mask)
+        output, scores = _attend(query, keys, values, visible, scale, dropout, return_scores)
+        if scores is not None and not (isinstance(length, int) and isinstance(slots, int) and length == slots):
+            scores = tf.pad(scores, [[0, 0], [0, 0], [0, 0], [0, slots - length]])  # (B, N, F, T)
+        return output, scores
+
+    if span == "buckets":
+        lengths = bucket_lengths(slots)
+        index = tf.reduce_sum(tf.cast(filled > tf.constant(lengths[:-1], tf.int32), tf.int32))
+        branches = [lambda length=length: _pack(attend_over(length)) for length in lengths]
+        output, scores = _unpack(tf.switch_case(index, branches), return_scores)
+    else:
+        output, scores = attend_over(filled if span == "filled" else slots)
+    if poisoned is not None:
+        output = tf.where(poisoned, tf.constant(float("nan"), output.dtype), output)
+    if checks:
+        with tf.control_dependencies(checks):
+            output = tf.identity(output)
+    return (output, scores, cache) if return_scores else (output, cache)
+
+
+def _pack(result: tuple[tf.Tensor, tf.Tensor | None]) -> tuple[tf.Tensor, ...]:
+    return tuple(item for item in result if item is not None)
+
+
+def _unpack(result: Sequence[tf.Tensor] | tf.Tensor, return_scores: bool) -> tuple[tf.Tensor, tf.Tensor | None]:
+    result = list(result) if isinstance(result, (tuple, list)) else [result]
+    return result[0], (result[1] if return_scores else None)
+
+
+__all__ = [
+    "MIN_BUCKET",
+    "SPANS",
+    "attention",
+    "build_attention_mask",
+    "bucket_lengths",
+    "cached_attention",
+    "create_cache",
+    "in_xla_context",
+    "update_cache",
+]
