@@ -57,9 +57,9 @@ Under XLA, where assertions are dropped, the slots past the end are not written
 and the whole output of the overflowing call is NaN, so that the overflow shows
 instead of passing silently.
 
-Softmax runs in float32 whatever the compute dtype (scores are cast up, the
-weights cast back), so float16 / bfloat16 caches keep full-precision
-normalization.
+Softmax runs in float32 for float16 / bfloat16 / float32 inputs (scores are
+cast up, the weights cast back; float64 stays float64), so half-precision
+caches keep full-precision normalization and masking never overflows.
 """
 
 from __future__ import annotations
@@ -362,6 +362,18 @@ def _user_mask(mask: tf.Tensor, query_length: int | tf.Tensor, key_length: int |
     return mask if mask.dtype == tf.bool else tf.not_equal(mask, tf.zeros((), mask.dtype))
 
 
+def _masked_softmax(scores: tf.Tensor, visible: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+    """Softmax over the last axis of ``(B, N, F, S)`` scores where ``visible`` (``(B, 1, F, S)``), 0 elsewhere.
+
+    It runs in float32 for the half types and float32 (float64 stays float64),
+    then casts the weights to ``dtype``; a row with no visible slot is all zeros.
+    """
+    softmax_dtype = tf.float64 if dtype == tf.float64 else tf.float32
+    scores = tf.where(visible, tf.cast(scores, softmax_dtype), tf.constant(_MASKED_SCORE, softmax_dtype))
+    weights = tf.where(visible, tf.nn.softmax(scores, axis=-1), tf.zeros((), softmax_dtype))  # (B, N, F, S)
+    return tf.cast(weights, dtype)
+
+
 def _attend(
     query: tf.Tensor,
     key: tf.Tensor,
@@ -371,29 +383,64 @@ def _attend(
     dropout: Callable[[tf.Tensor], tf.Tensor] | None,
     return_scores: bool,
 ) -> tuple[tf.Tensor, tf.Tensor | None]:
-    """Masked softmax attention of ``(B, F, N, H)`` queries over ``(B, S, N, H)`` keys / values.
-
-    Scores and softmax in float32; fully masked rows get all-zero weights.
-    """
+    """Masked softmax attention of ``(B, F, N, H)`` queries over ``(B, S, N, H)`` keys / values."""
     dtype = query.dtype
     query = query * tf.cast(scale, dtype)
-    visible = visible[:, None]  # (B, 1, F, S)
     if query.shape[1] == 1:
-        # one query position (decoding): multiply and reduce in the cache layout, which reads the
-        # keys and values once instead of transposing them to (B, N, S, H) for a batched matmul
+        # one query position (decoding): multiply and reduce in the cache layout rather than
+        # transposing the keys and values to (B, N, S, H) for a batched matmul
         scores = tf.reduce_sum(key * query, axis=-1)  # (B, S, N)
         scores = tf.transpose(scores, (0, 2, 1))[:, :, None]  # (B, N, 1, S)
     else:
         scores = tf.einsum("bfnh,bsnh->bnfs", query, key)  # (B, N, F, S)
-    scores = tf.where(visible, tf.cast(scores, tf.float32), _MASKED_SCORE)
-    weights = tf.where(visible, tf.nn.softmax(scores, axis=-1), 0.0)  # (B, N, F, S)
-    weights = tf.cast(weights, dtype)
+    weights = _masked_softmax(scores, visible[:, None], dtype)  # (B, N, F, S)
     mixed = weights if dropout is None else dropout(weights)
     if query.shape[1] == 1:
         mixed_slots = tf.transpose(mixed[:, :, 0], (0, 2, 1))[..., None]  # (B, S, N, 1)
         output = tf.reduce_sum(mixed_slots * value, axis=1, keepdims=True)  # (B, 1, N, H)
     else:
         output = tf.einsum("bnfs,bsnh->bfnh", mixed, value)  # (B, F, N, H)
+    return output, (weights if return_scores else None)
+
+
+def _attend_rows(
+    query: tf.Tensor,
+    cache: tf.Tensor,
+    length: tf.Tensor,
+    visible: tf.Tensor,
+    scale: float,
+    dropout: Callable[[tf.Tensor], tf.Tensor] | None,
+    return_scores: bool,
+) -> tuple[tf.Tensor, tf.Tensor | None]:
+    """``_attend`` for one query position over the first ``length`` slots of a cache, outside XLA.
+
+    Seen as rows ``(2 * B * T, N * H)``, the keys (or values) of one batch row
+    up to ``length`` are a contiguous block of rows, which TensorFlow slices
+    without copying; two matmuls per batch row then read them once. The query
+    of head ``n`` sits on the diagonal block ``n`` of a ``(N * H, N)`` matrix, so
+    one matmul scores every head (the other blocks are zeros), and the heads'
+    outputs are the diagonal blocks of ``weights @ values``. This avoids the
+    ``(B, L, N, H)`` temporaries of the plain path, whose allocation dominates
+    decoding at long filled lengths. Needs static ``B, T, N, H``.
+    """
+    _, batch, slots, heads, head_dim = cache.shape.as_list()
+    dtype = query.dtype
+    width = heads * head_dim
+    rows = tf.reshape(cache, (2 * batch * slots, width))  # (2 * B * T, N * H): row (kind * B + b) * T + t
+    size = tf.stack([length, width])
+    eye = tf.eye(heads, dtype=dtype)  # (N, N)
+    query = query[:, 0] * tf.cast(scale, dtype)  # (B, N, H)
+    blocks = tf.reshape(query[..., None] * eye[:, None, :], (batch, width, heads))  # (B, N * H, N)
+    scores = tf.stack([tf.matmul(tf.slice(rows, [b * slots, 0], size), blocks[b]) for b in range(batch)])  # (B, L, N)
+    scores = tf.transpose(scores, (0, 2, 1))[:, :, None]  # (B, N, 1, L)
+    weights = _masked_softmax(scores, visible[:, None], dtype)  # (B, N, 1, L)
+    mixed = weights if dropout is None else dropout(weights)
+    outputs = []
+    for b in range(batch):
+        values = tf.slice(rows, [(batch + b) * slots, 0], size)  # (L, N * H)
+        every = tf.reshape(tf.matmul(mixed[b, :, 0], values), (heads, heads, head_dim))  # (N, N, H): weights of head i on values of head j
+        outputs.append(tf.transpose(tf.linalg.diag_part(tf.transpose(every, (2, 0, 1)))))  # (N, H): i == j
+    output = tf.stack(outputs)[:, None]  # (B, 1, N, H)
     return output, (weights if return_scores else None)
 
 
@@ -582,14 +629,19 @@ def cached_attention(
     if span == "buckets" and not isinstance(slots, int):
         span = "allocated"  # buckets need a static T
 
+    row_slices = span == "filled" and query.shape[1] == 1 and all(dim is not None for dim in cache.shape.as_list())
+
     def attend_over(length: int | tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None]:
-        keys, values = cache[0, :, :length], cache[1, :, :length]  # (B, L, N, H)
         mask = None if attention_mask is None else tf.convert_to_tensor(attention_mask)
         if mask is not None:
             _user_mask(mask, new, slots)
             mask = mask[:, :, :length]
         visible = build_attention_mask(new, length, step_tensor, filled, use_causal_mask, sliding_window, mask)
-        output, scores = _attend(query, keys, values, visible, scale, dropout, return_scores)
+        if row_slices:
+            output, scores = _attend_rows(query, cache, length, visible, scale, dropout, return_scores)
+        else:
+            keys, values = cache[0, :, :length], cache[1, :, :length]  # (B, L, N, H)
+            output, scores = _attend(query, keys, values, visible, scale, dropout, return_scores)
         if scores is not None and not (isinstance(length, int) and isinstance(slots, int) and length == slots):
             scores = tf.pad(scores, [[0, 0], [0, 0], [0, 0], [0, slots - length]])  # (B, N, F, T)
         return output, scores

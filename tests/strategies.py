@@ -137,3 +137,39 @@ def logits(draw: st.DrawFn, max_batch: int = 3, max_vocabulary: int = 12) -> np.
     mask[:, 0] &= ~mask.all(axis=-1)  # keep one finite logit per row
     array[mask] = -np.inf
     return array
+
+
+# cached attention (issue 4) ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DecodeCase:
+    """A sequence decoded through a cache in chunks: sizes, chunk lengths, and the cache length."""
+
+    batch: int
+    heads: int
+    head_dim: int
+    length: int
+    slots: int
+    chunks: tuple[int, ...]
+
+
+def chunk_sizes(draw: st.DrawFn, length: int) -> tuple[int, ...]:
+    """A random split of ``length`` positions into consecutive non-empty chunks."""
+    cuts = sorted(draw(st.sets(st.integers(1, length - 1), max_size=length - 1))) if length > 1 else []
+    bounds = [0, *cuts, length]
+    return tuple(right - left for left, right in zip(bounds, bounds[1:]))
+
+
+@st.composite
+def decode_cases(draw: st.DrawFn, max_length: int = 8, max_extra_slots: int = 4) -> DecodeCase:
+    """Small attention shapes and a chunking of the sequence for cached decoding."""
+    length = draw(st.integers(1, max_length))
+    return DecodeCase(
+        batch=draw(st.integers(1, 3)),
+        heads=draw(st.integers(1, 3)),
+        head_dim=draw(st.integers(1, 5)),
+        length=length,
+        slots=length + draw(st.integers(0, max_extra_slots)),
+        chunks=chunk_sizes(draw, length),
+    )

@@ -1,0 +1,177 @@
+"""Per-token decode latency of one cached attention layer against keras-hub's.
+
+Goals (issue 4): at least 4x faster than ``keras_hub.layers.CachedMultiHeadAttention``
+in XLA at 512 filled slots, at least 1.5x at 4095, with B=4, model width 512,
+8 heads of 64 and a cache allocated for 4096 slots.
+
+Two ways of decoding are measured, each side by side with keras-hub in the
+same process:
+
+- ``xla loop``: a compiled ``tf.while_loop`` (``jit_compile=True``) that
+  runs one decoding step per iteration with the cache threaded through, the
+  way generation runs; every iteration decodes at the same filled length
+  (it rewrites the slot ``filled``, attending over ``filled + 1`` slots). The
+  figure is the MARGINAL cost of one more iteration,
+  ``(t(K2) - t(K1)) / (K2 - K1)``, which leaves out the once-per-loop cost of
+  copying the cache into the loop. keras-hub gets the causal mask over the
+  slots, which it needs to ignore the empty ones.
+- ``per call``: one compiled call per token from Python (graph mode with the
+  filled-length slice, and XLA), which returns a new cache each time: the
+  copy of the whole cache that this implies is part of the figure, for both.
+
+The share of copy bandwidth is the bytes of the filled cache (keys and values
+up to the filled length) read per token, over the time per token, over the
+machine's copy bandwidth measured in the same run.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from benchmarks import timing
+from mlable_core import attention
+from mlable_keras.layers.transformer import CachedMultiHeadAttention
+
+# config
+BATCH, WIDTH, HEADS, HEAD_DIM, SLOTS = 4, 512, 8, 64, 4096
+FILLED = (128, 512, 2048, 4095)
+FILLED_QUICK = (512, 4095)
+SIGNAL_S = 0.5  # seconds of loop iterations per timing sample
+TINY = os.environ.get("MLABLE_BENCH_TINY") == "1"  # smoke tests: tiny shapes, one repeat
+GOALS = {512: ">= 4x faster (ratio <= 0.25)", 4095: ">= 1.5x faster (ratio <= 0.67)"}
+
+
+def _layers(batch: int, width: int, heads: int, head_dim: int) -> tuple[keras.layers.Layer, keras.layers.Layer]:
+    from keras_hub.layers import CachedMultiHeadAttention as HubAttention
+
+    ours = CachedMultiHeadAttention(num_heads=heads, key_dim=head_dim)
+    hub = HubAttention(num_heads=heads, key_dim=head_dim)
+    x = tf.zeros((batch, 1, width))
+    ours(x, x)
+    hub(x, x)
+    hub.set_weights(ours.get_weights())
+    return ours, hub
+
+
+def _loop_functions(ours: keras.layers.Layer, hub: keras.layers.Layer, x: tf.Tensor, slots: int):
+    """Compiled loops ``fn(cache, position, steps)`` that decode at ``position`` ``steps`` times.
+
+    Every iteration writes the slot ``position`` again (a write replaces the
+    slot) and attends over the ``position + 1`` filled slots, so each costs
+    exactly one decoding step at that filled length, however many run.
+    """
+    batch = x.shape[0]
+
+    @tf.function(jit_compile=True)
+    def ours_loop(cache: tf.Tensor, position: tf.Tensor, steps: tf.Tensor) -> tf.Tensor:
+        def body(index, cache, total):
+            outputs, cache = ours(x, x, cache=cache, step=position)
+            return index + 1, cache, total + outputs[0, 0, 0]
+
+        _, cache, total = tf.while_loop(lambda index, *_: index < steps, body, (tf.constant(0), cache, tf.constant(0.0)))
+        return total + cache[0, 0, 0, 0, 0]
+
+    @tf.function(jit_compile=True)
+    def hub_loop(cache: tf.Tensor, position: tf.Tensor, steps: tf.Tensor) -> tf.Tensor:
+        # keras-hub attends to every slot unless told otherwise: give it the causal mask over the slots
+        mask = tf.broadcast_to(tf.range(slots)[None, None, :] <= position, (batch, 1, slots))  # (B, F=1, T)
+
+        def body(index, cache, total):
+            outputs, cache = hub(x, x, cache=cache, cache_update_index=position, attention_mask=mask)
+            return index + 1, cache, total + outputs[0, 0, 0]
+
+        _, cache, total = tf.while_loop(lambda index, *_: index < steps, body, (tf.constant(0), cache, tf.constant(0.0)))
+        return total + cache[0, 0, 0, 0, 0]
+
+    return ours_loop, hub_loop
+
+
+def _marginal(fn, cache: tf.Tensor, position: int, repeats: int, signal_s: float) -> timing.Timing:
+    """Median cost of one more iteration of a compiled decode loop.
+
+    Loops of ``K1`` and ``K2`` iterations run in pairs; each pair gives one
+    sample ``(t(K2) - t(K1)) / (K2 - K1)``, which cancels the once-per-call cost
+    (copying the cache into the loop). ``K2`` is picked so that the
+    iterations take about ``signal_s`` seconds, well above the noise of that cost.
+    """
+    position = tf.constant(position)
+    first = 2
+
+    def call(steps: int) -> float:
+        start = time.perf_counter()
+        timing.block(fn(cache, position, tf.constant(steps)))
+        return time.perf_counter() - start
+
+    compile_start = time.perf_counter()
+    call(first)  # trace and compile
+    compile_s = time.perf_counter() - compile_start
+    probe = 16
+    estimate = max((call(first + probe) - call(first)) / probe, 1e-5)
+    second = first + int(min(max(signal_s / estimate, 8), 20_000))
+    samples = []
+    for _ in range(repeats):
+        small, large = call(first), call(second)
+        samples.append((large - small) / (second - first))
+    return timing.Timing(max(statistics.median(samples), 1e-9), min(samples), len(samples), compile_s, samples)
+
+
+def run(quick: bool = False) -> list[timing.Row]:
+    rows: list[timing.Row] = []
+    if TINY:
+        batch, width, heads, head_dim, slots, filled_levels, repeats = 2, 32, 2, 16, 64, (32,), 1
+    else:
+        batch, width, heads, head_dim, slots = BATCH, WIDTH, HEADS, HEAD_DIM, SLOTS
+        filled_levels, repeats = (FILLED_QUICK, 3) if quick else (FILLED, 5)
+    ours, hub = _layers(batch, width, heads, head_dim)
+    x = tf.random.normal((batch, 1, width))
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(2, batch, slots, heads, head_dim)).astype("float32")
+    ours_cache = tf.constant(values)  # (2, B, T, N, H)
+    hub_cache = tf.constant(values.transpose(1, 0, 2, 3, 4))  # keras-hub's (B, 2, T, N, H)
+    shape = f"B={batch} d={width} {heads}x{head_dim} T={slots}"
+    ours_loop, hub_loop = _loop_functions(ours, hub, x, slots)
+
+    ours_graph = tf.function(lambda cache, step: ours(x, x, cache=cache, step=step)[0])
+    ours_xla = tf.function(lambda cache, step: ours(x, x, cache=cache, step=step)[0], jit_compile=True)
+
+    @tf.function(jit_compile=True)
+    def hub_xla(cache: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
+        mask = tf.broadcast_to(tf.range(slots)[None, None, :] <= step, (batch, 1, slots))
+        return hub(x, x, cache=cache, cache_update_index=step, attention_mask=mask)[0]
+
+    for filled in filled_levels:
+        label = f"{shape} filled={filled}"
+        read = 2 * batch * (filled + 1) * heads * head_dim * 4  # keys and values up to the new slot
+        goal = GOALS.get(filled, "")
+        signal = 0.01 if TINY else SIGNAL_S
+        ours_t = _marginal(ours_loop, ours_cache, filled, repeats, signal)
+        hub_t = _marginal(hub_loop, hub_cache, filled, repeats, signal)
+        rows.append(timing.row("attention", "decode 1 token", label, "float32", "xla loop (marginal)", ours_t, "keras-hub CachedMHA", hub_t, goal, read))
+        step = tf.constant(filled)
+        per_call_hub = timing.measure(lambda: hub_xla(hub_cache, step), repeats=repeats)
+        for mode, fn in (("graph per call", ours_graph), ("xla per call", ours_xla)):
+            per_call = timing.measure(lambda: fn(ours_cache, step), repeats=repeats)
+            rows.append(timing.row("attention", "decode 1 token", label, "float32", mode, per_call, "keras-hub CachedMHA (xla per call)", per_call_hub, "", read))
+    return rows
+
+
+def summary(rows: list[timing.Row]) -> str:
+    """Speed-ups (alternative / ours) per mode, for the closing note."""
+    lines = []
+    for item in rows:
+        if item.ratio:
+            lines.append(f"{item.mode:>22} {item.shape}: {1 / item.ratio:5.2f}x faster, {item.bandwidth_share or 0:.0%} of copy bandwidth")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    results = run(quick="--quick" in sys.argv)
+    print(timing.markdown_table(results))
+    print(summary(results))

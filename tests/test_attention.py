@@ -1,0 +1,440 @@
+"""Core attention ops: KV cache create / update, masks, plain and cached attention."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mlable_core import attention
+from tests import strategies
+
+# independent numpy references ---------------------------------------------------------------
+
+
+def loop_mask(queries: int, keys: int, step: int = 0, filled: int | None = None, causal: bool = True, window: int | None = None) -> np.ndarray:
+    """The visibility rules of the specification, one (query, slot) pair at a time: ``(F, S)`` booleans."""
+    mask = np.zeros((queries, keys), dtype=bool)
+    for i in range(queries):
+        position = step + i
+        for j in range(keys):
+            visible = filled is None or j < filled
+            visible = visible and (not causal or j <= position)
+            visible = visible and (window is None or abs(position - j) < window)
+            mask[i, j] = visible
+    return mask
+
+
+def naive_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax attention in float64, one (batch, head, query) row at a time; ``mask`` is ``(B, F, S)``.
+
+    Returns the outputs ``(B, F, N, H)`` and the weights ``(B, N, F, S)`` (zero where hidden).
+    """
+    q, k, v = (np.asarray(t, dtype=np.float64) for t in (q, k, v))
+    batch, queries, heads, head_dim = q.shape
+    keys = k.shape[1]
+    mask = np.broadcast_to(mask, (batch, queries, keys))
+    outputs = np.zeros((batch, queries, heads, v.shape[-1]))
+    weights = np.zeros((batch, heads, queries, keys))
+    for b in range(batch):
+        for n in range(heads):
+            for i in range(queries):
+                visible = mask[b, i]
+                if not visible.any():
+                    continue
+                logits = k[b, visible, n] @ q[b, i, n] / math.sqrt(head_dim)
+                exp = np.exp(logits - logits.max())
+                row = exp / exp.sum()
+                weights[b, n, i, visible] = row
+                outputs[b, i, n] = row @ v[b, visible, n]
+    return outputs, weights
+
+
+def random_qkv(rng: np.random.Generator, batch: int, length: int, heads: int, head_dim: int, dtype: str = "float32") -> tuple[np.ndarray, ...]:
+    return tuple(rng.normal(size=(batch, length, heads, head_dim)).astype(dtype) for _ in range(3))
+
+
+def decode_in_chunks(q, k, v, slots: int, chunks, span: str = "auto", return_scores: bool = False, append: bool = False):
+    """Runs ``cached_attention`` chunk by chunk; returns the outputs, the final cache and the scores per chunk."""
+    batch, _, heads, head_dim = q.shape
+    if append:
+        cache = tf.zeros((2, batch, 0, heads, head_dim), q.dtype)  # (2, B, T=0, N, H), grown by each call
+    else:
+        cache = attention.create_cache(batch, slots, heads, head_dim, dtype=q.dtype)
+    outputs, scores, position = [], [], 0
+    for size in chunks:
+        part = slice(position, position + size)
+        result = attention.cached_attention(
+            q[:, part], k[:, part], v[:, part], cache, None if append else position, span=span, return_scores=return_scores
+        )
+        outputs.append(result[0])
+        if return_scores:
+            scores.append(result[1])
+        cache = result[-1]
+        position += size
+    return np.concatenate([o.numpy() for o in outputs], axis=1), cache.numpy(), scores
+
+
+# cache creation and update ------------------------------------------------------------------
+
+
+def test_create_cache_is_zero_in_the_requested_dtype():
+    cache = attention.create_cache(batch_size=2, cache_length=5, num_heads=3, head_dim=4, dtype="bfloat16")
+    assert cache.shape == (2, 2, 5, 3, 4)
+    assert cache.dtype == tf.bfloat16
+    assert not np.any(tf.cast(cache, tf.float32).numpy())
+
+
+def test_update_writes_the_slots_and_overwrites():
+    rng = np.random.default_rng(0)
+    cache = attention.create_cache(2, 7, 3, 4)
+    first = [rng.normal(size=(2, 3, 3, 4)).astype("float32") for _ in range(2)]
+    second = [rng.normal(size=(2, 2, 3, 4)).astype("float32") for _ in range(2)]
+    expected = np.zeros((2, 2, 7, 3, 4), dtype="float32")
+    cache = attention.update_cache(cache, first[0], first[1], step=2)
+    expected[0, :, 2:5], expected[1, :, 2:5] = first
+    np.testing.assert_array_equal(cache.numpy(), expected)
+    # slots 3 and 4 written again: replaced, not added
+    cache = attention.update_cache(cache, second[0], second[1], step=tf.constant(3))
+    expected[0, :, 3:5], expected[1, :, 3:5] = second
+    np.testing.assert_array_equal(cache.numpy(), expected)
+
+
+def test_update_in_a_graph_with_unknown_dims_and_under_xla():
+    rng = np.random.default_rng(1)
+    cache = rng.normal(size=(2, 3, 6, 2, 4)).astype("float32")
+    key, value = (rng.normal(size=(3, 2, 2, 4)).astype("float32") for _ in range(2))
+    expected = cache.copy()
+    expected[0, :, 4:6], expected[1, :, 4:6] = key, value
+    specs = [tf.TensorSpec([2, None, None, None, None]), tf.TensorSpec([None, None, None, None]), tf.TensorSpec([None, None, None, None]), tf.TensorSpec([], tf.int32)]
+    graph = tf.function(attention.update_cache, input_signature=specs)
+    compiled = tf.function(attention.update_cache, jit_compile=True)
+    for fn in (graph, compiled):
+        np.testing.assert_array_equal(fn(cache, key, value, tf.constant(4)).numpy(), expected)
+
+
+# masks --------------------------------------------------------------------------------------
+
+
+@given(
+    st.integers(1, 5), st.integers(1, 9), st.integers(0, 6), st.one_of(st.none(), st.integers(0, 9)),
+    st.booleans(), st.one_of(st.none(), st.integers(1, 4)),
+)
+def test_mask_follows_the_rules_pair_by_pair(queries, keys, step, filled, causal, window):
+    mask = attention.build_attention_mask(queries, keys, step, filled, causal, window)
+    np.testing.assert_array_equal(mask.numpy()[0], loop_mask(queries, keys, step, filled, causal, window))
+
+
+def test_mask_combines_with_a_user_mask():
+    user = np.random.default_rng(2).integers(0, 2, size=(2, 3, 6))
+    mask = attention.build_attention_mask(3, 6, step=2, filled_length=5, mask=user)
+    np.testing.assert_array_equal(mask.numpy(), loop_mask(3, 6, 2, 5)[None] & user.astype(bool))
+
+
+# plain attention ----------------------------------------------------------------------------
+
+
+@given(
+    st.integers(1, 3), st.integers(1, 5), st.integers(1, 6), st.integers(1, 3), st.integers(1, 4),
+    st.booleans(), st.one_of(st.none(), st.integers(1, 3)), st.booleans(), st.integers(0, 2**16),
+)
+def test_attention_matches_the_naive_loop(batch, queries, keys, heads, head_dim, causal, window, with_mask, seed):
+    rng = np.random.default_rng(seed)
+    q = rng.normal(size=(batch, queries, heads, head_dim)).astype("float32")
+    k, v = (rng.normal(size=(batch, keys, heads, head_dim)).astype("float32") for _ in range(2))
+    user = rng.integers(0, 2, size=(batch, 1, keys)).astype(bool) if with_mask else None
+    mask = loop_mask(queries, keys, 0, None, causal, window)[None]
+    if user is not None:
+        mask = mask & user
+    expected, expected_weights = naive_attention(q, k, v, mask)
+    output, weights = attention.attention(q, k, v, attention_mask=user, use_causal_mask=causal, sliding_window=window, return_scores=True)
+    np.testing.assert_allclose(output.numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(weights.numpy(), expected_weights, atol=1e-6)
+
+
+# cached attention ---------------------------------------------------------------------------
+
+
+@given(strategies.decode_cases(), st.sampled_from(["auto", "filled", "buckets", "allocated"]), st.integers(0, 2**16))
+def test_decoding_in_chunks_equals_one_causal_pass(case, span, seed):
+    q, k, v = random_qkv(np.random.default_rng(seed), case.batch, case.length, case.heads, case.head_dim)
+    expected, expected_weights = naive_attention(q, k, v, loop_mask(case.length, case.length)[None])
+    outputs, cache, scores = decode_in_chunks(q, k, v, case.slots, case.chunks, span, return_scores=True)
+    np.testing.assert_allclose(outputs, expected, atol=1e-5)
+    # the final cache holds the keys and values of the whole sequence, then untouched (zero) slots
+    np.testing.assert_array_equal(cache[0, :, : case.length], k)
+    np.testing.assert_array_equal(cache[1, :, : case.length], v)
+    assert not np.any(cache[:, :, case.length :])
+    position = 0
+    for size, weights in zip(case.chunks, scores):
+        weights = weights.numpy()
+        assert weights.shape == (case.batch, case.heads, size, case.slots)
+        np.testing.assert_allclose(weights[..., : case.length], expected_weights[:, :, position : position + size], atol=1e-6)
+        np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
+        # slots after each query (future or empty) get exactly zero
+        hidden = ~loop_mask(size, case.slots, position, position + size)
+        assert not np.any(weights[:, :, hidden])
+        position += size
+
+
+@given(strategies.decode_cases(max_extra_slots=0), st.integers(0, 2**16))
+def test_appending_without_step_equals_one_causal_pass(case, seed):
+    q, k, v = random_qkv(np.random.default_rng(seed), case.batch, case.length, case.heads, case.head_dim)
+    expected, _ = naive_attention(q, k, v, loop_mask(case.length, case.length)[None])
+    outputs, cache, _ = decode_in_chunks(q, k, v, case.slots, case.chunks, append=True)
+    np.testing.assert_allclose(outputs, expected, atol=1e-5)
+    np.testing.assert_array_equal(cache, np.stack([k, v]))
+
+
+def test_user_mask_over_the_slots_and_non_causal_chunks():
+    rng = np.random.default_rng(3)
+    q, k, v = random_qkv(rng, 2, 6, 2, 4)
+    user = rng.integers(0, 2, size=(2, 1, 9)).astype(bool)
+    user[:, :, 0] = True  # keep one visible slot per row
+    cache = attention.create_cache(2, 9, 2, 4)
+    _, cache = attention.cached_attention(q[:, :4], k[:, :4], v[:, :4], cache, 0, attention_mask=user)
+    output, weights, _ = attention.cached_attention(
+        q[:, 4:], k[:, 4:], v[:, 4:], cache, 4, attention_mask=user, use_causal_mask=False, return_scores=True
+    )
+    # without the causal mask a chunk sees every written slot (< 6), never an empty one
+    mask = loop_mask(2, 9, 4, 6, causal=False)[None] & user
+    expected, expected_weights = naive_attention(q[:, 4:], np.pad(k, ((0, 0), (0, 3), (0, 0), (0, 0))), np.pad(v, ((0, 0), (0, 3), (0, 0), (0, 0))), mask)
+    np.testing.assert_allclose(output.numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(weights.numpy(), expected_weights, atol=1e-6)
+
+
+def test_fully_masked_rows_get_zero_weights():
+    q, k, v = random_qkv(np.random.default_rng(4), 1, 3, 2, 4)
+    user = np.array([[[True, True, True], [False, False, False], [True, False, True]]])
+    output, weights = attention.attention(q, k, v, attention_mask=user, use_causal_mask=False, return_scores=True)
+    assert not np.any(weights.numpy()[:, :, 1]) and not np.any(output.numpy()[:, 1])
+    np.testing.assert_allclose(weights.numpy()[:, :, [0, 2]].sum(-1), 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype,scale,tolerance", [("float16", 12.0, 0.01), ("bfloat16", 3.0, 0.05)])
+def test_half_precision_softmax_runs_in_float32(dtype, scale, tolerance):
+    rng = np.random.default_rng(5)
+    # float16 logits near 300 overflow exp without the float32 softmax; one row is fully masked
+    half = [tf.cast(rng.normal(size=(1, 3, 2, 4)) * factor, dtype) for factor in (scale, scale, 1.0)]
+    user = np.array([[[True, True, True], [False, False, False], [True, True, False]]])
+    # the reference sees the same rounded inputs, in float64
+    rounded = [tf.cast(t, tf.float64).numpy() for t in half]
+    expected, expected_weights = naive_attention(*rounded, loop_mask(3, 3)[None] & user)
+    output, weights = attention.attention(*half, attention_mask=user, return_scores=True)
+    assert output.dtype == dtype and weights.dtype == dtype
+    assert np.all(np.isfinite(tf.cast(output, tf.float32).numpy()))
+    np.testing.assert_allclose(tf.cast(output, tf.float32).numpy(), expected, atol=tolerance * 4)
+    np.testing.assert_allclose(tf.cast(weights, tf.float32).numpy(), expected_weights, atol=tolerance)
+
+
+def test_filled_span_never_reads_empty_slots_and_buckets_read_up_to_the_bucket():
+    q, k, v = random_qkv(np.random.default_rng(6), 1, 1, 2, 4)
+    cache = np.full((2, 1, 256, 2, 4), np.nan, dtype="float32")
+    cache[:, :, :70] = 0.5
+    # slot 70 is written; 71.. hold NaN, which any read with a zero weight turns into NaN (0 * NaN)
+    filled = attention.cached_attention(q, k, v, cache, 70, span="filled")[0]
+    graph = tf.function(lambda c, s: attention.cached_attention(q, k, v, c, s)[0])(cache, tf.constant(70))
+    allocated = attention.cached_attention(q, k, v, cache, 70, span="allocated")[0]
+    assert np.all(np.isfinite(filled.numpy())) and np.all(np.isfinite(graph.numpy()))
+    assert np.all(np.isnan(allocated.numpy()))
+    cache[:, :, 71:128] = 0.0  # the bucket of 71 filled slots is 128 (buckets 64, 128, 256)
+    bucketed = tf.function(lambda c, s: attention.cached_attention(q, k, v, c, s)[0], jit_compile=True)(cache, tf.constant(70))
+    np.testing.assert_allclose(bucketed.numpy(), filled.numpy(), atol=1e-6)
+    assert attention.bucket_lengths(256) == (64, 128, 256)
+    assert attention.bucket_lengths(300, min_bucket=100) == (100, 200, 300)
+    assert attention.bucket_lengths(10) == (10,)
+
+
+@pytest.mark.parametrize("queries,step", [(1, 0), (1, 37), (5, 0), (3, 61)])
+@pytest.mark.parametrize("span", ["buckets", "allocated"])
+def test_xla_step_equals_eager_step(queries, step, span):
+    rng = np.random.default_rng(7)
+    q, k, v = random_qkv(rng, 2, queries, 3, 4)
+    cache = rng.normal(size=(2, 2, 130, 3, 4)).astype("float32")
+    user = rng.integers(0, 2, size=(2, 1, 130)).astype(bool)
+    eager = attention.cached_attention(q, k, v, cache, step, attention_mask=user, return_scores=True)
+    compiled = tf.function(
+        lambda *args: attention.cached_attention(*args, attention_mask=user, return_scores=True, span=span), jit_compile=True
+    )(q, k, v, cache, tf.constant(step))
+    for left, right in zip(eager, compiled):
+        np.testing.assert_allclose(right.numpy(), left.numpy(), atol=1e-6)
+
+
+def test_compiled_decode_loop_matches_and_does_not_retrace():
+    rng = np.random.default_rng(8)
+    batch, length, heads, head_dim, slots = 2, 9, 2, 4, 16
+    q, k, v = random_qkv(rng, batch, length, heads, head_dim)
+    expected, _ = naive_attention(q, k, v, loop_mask(length, length)[None])
+    traces = []
+
+    def one_step(q_t, k_t, v_t, cache, step):
+        traces.append(1)  # runs once per trace
+        return attention.cached_attention(q_t, k_t, v_t, cache, step)
+
+    for jit in (False, True):
+        traces.clear()
+        step_fn = tf.function(one_step, jit_compile=jit)
+        cache = attention.create_cache(batch, slots, heads, head_dim)
+        outputs = []
+        for position in range(length):
+            part = slice(position, position + 1)
+            output, cache = step_fn(q[:, part], k[:, part], v[:, part], cache, tf.constant(position))
+            outputs.append(output.numpy())
+        np.testing.assert_allclose(np.concatenate(outputs, axis=1), expected, atol=1e-5)
+        assert len(traces) == 1 and step_fn.experimental_get_tracing_count() == 1
+
+    @tf.function(jit_compile=True)
+    def loop(q, k, v, cache):
+        def body(position, cache, outputs):
+            chunk = [tf.slice(t, [0, position, 0, 0], [batch, 1, heads, head_dim]) for t in (q, k, v)]
+            output, cache = attention.cached_attention(*chunk, cache, position)
+            return position + 1, cache, outputs.write(position, output[:, 0])
+
+        outputs = tf.TensorArray(tf.float32, size=length)
+        _, cache, outputs = tf.while_loop(lambda position, *_: position < length, body, (tf.constant(0), cache, outputs))
+        return tf.transpose(outputs.stack(), (1, 0, 2, 3)), cache
+
+    output, cache = loop(q, k, v, attention.create_cache(batch, slots, heads, head_dim))
+    np.testing.assert_allclose(output.numpy(), expected, atol=1e-5)
+    np.testing.assert_array_equal(cache.numpy()[:, :, :length], np.stack([k, v]))
+
+
+def _computations(hlo: str) -> dict[str, str]:
+    """HLO text split into ``{computation name: body}``."""
+    parts = re.split(r"\n(?=(?:ENTRY )?%?[\w.\-]+ [^\n]*\{\n)", hlo)
+    computations = {}
+    for part in parts:
+        match = re.match(r"(?:ENTRY )?%?([\w.\-]+) ", part)
+        if match:
+            computations[match.group(1)] = part
+    return computations
+
+
+def test_xla_updates_the_cache_in_place_inside_a_compiled_loop():
+    batch, heads, head_dim, slots = 3, 2, 5, 96
+    cache_type = f"f32[2,{batch},{slots},{heads},{head_dim}]"
+
+    @tf.function(jit_compile=True)
+    def loop(q, cache):
+        def body(position, cache, total):
+            output, cache = attention.cached_attention(q, q, q, cache, position)
+            return position + 1, cache, total + tf.reduce_sum(output)
+
+        return tf.while_loop(lambda position, *_: position < slots, body, (tf.constant(0), cache, tf.constant(0.0)))
+
+    q = tf.ones((batch, 1, heads, head_dim))
+    cache = attention.create_cache(batch, slots, heads, head_dim)
+    hlo = loop.experimental_get_compiler_ir(q, cache)(stage="optimized_hlo")
+    computations = _computations(hlo)
+    bodies = [name for name in re.findall(r"body=%?([\w.\-]+)", hlo)]
+    assert bodies, "no while loop in the optimized HLO"
+    for name in bodies:
+        body = computations[name]
+        writers = [line for line in body.splitlines() if re.search(rf"= {re.escape(cache_type)}\S* ", line)]
+        # the only op producing a whole cache in the loop body is the scatter, on the loop's own buffer
+        for line in writers:
+            assert not re.search(r"\b(copy|concatenate|dynamic-update-slice|broadcast|transpose)\(", line), line
+        assert any("scatter" in line for line in writers), writers
+    # and the loop still computes the right thing
+    total = loop(q, cache)[2]
+    assert np.isfinite(total.numpy())
+
+
+def test_gradients_match_finite_differences_in_float64():
+    rng = np.random.default_rng(9)
+    q, k, v = random_qkv(rng, 1, 3, 2, 2, dtype="float64")
+    cache = np.zeros((2, 1, 5, 2, 2))
+    theoretical, numerical = tf.test.compute_gradient(lambda a, b, c: attention.cached_attention(a, b, c, cache, 1)[0], [q, k, v])
+    for left, right in zip(theoretical, numerical):
+        np.testing.assert_allclose(left, right, atol=1e-6)
+    theoretical, numerical = tf.test.compute_gradient(lambda a, b, c: attention.attention(a, b, c, sliding_window=2), [q, k, v])
+    for left, right in zip(theoretical, numerical):
+        np.testing.assert_allclose(left, right, atol=1e-6)
+
+
+def test_xla_context_detection():
+    assert not attention.in_xla_context()
+    seen = []
+    tf.function(lambda: seen.append(attention.in_xla_context()) or tf.constant(0))()
+    tf.function(lambda: seen.append(attention.in_xla_context()) or tf.constant(0), jit_compile=True)()
+    assert seen == [False, True]
+
+
+# overflow and errors ------------------------------------------------------------------------
+
+OVERFLOW = r"The new positions must fit in the cache: 0 <= step and step \+ F <= T, for a cache of shape \(2, 1, 4, 2, 3\)\."
+
+
+def _overflow_inputs(new: int = 2) -> tuple[np.ndarray, ...]:
+    q = np.ones((1, new, 2, 3), dtype="float32")
+    return q, q, q, np.zeros((2, 1, 4, 2, 3), dtype="float32")
+
+
+def test_overflow_raises_eagerly_and_while_tracing():
+    q, k, v, cache = _overflow_inputs()
+    for step in (3, tf.constant(3), np.int64(3)):
+        with pytest.raises(ValueError, match=OVERFLOW + r" Received: step=3, F=2 new positions, T=4 slots"):
+            attention.cached_attention(q, k, v, cache, step)
+    with pytest.raises(ValueError, match=OVERFLOW + r" Received: step=-1"):
+        attention.update_cache(cache, k, v, -1)
+    with pytest.raises(ValueError, match=OVERFLOW):
+        tf.function(lambda: attention.cached_attention(q, k, v, cache, 3))()
+
+
+def test_overflow_raises_at_run_time_in_a_graph():
+    q, k, v, cache = _overflow_inputs()
+    graph = tf.function(lambda step: attention.cached_attention(q, k, v, cache, step)[0])
+    assert graph(tf.constant(2)).shape == (1, 2, 2, 3)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=OVERFLOW + r" Received at run time: step, F new positions, T slots =.*\n?.*3.*2.*4"):
+        graph(tf.constant(3))
+    update = tf.function(lambda step: attention.update_cache(cache, k, v, step))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=OVERFLOW):
+        update(tf.constant(-1))
+
+
+def test_overflow_under_xla_gives_nan_outputs():
+    q, k, v, cache = _overflow_inputs()
+    compiled = tf.function(lambda step: attention.cached_attention(q, k, v, cache, step)[0], jit_compile=True)
+    assert np.all(np.isfinite(compiled(tf.constant(2)).numpy()))
+    assert np.all(np.isnan(compiled(tf.constant(3)).numpy()))
+    assert np.all(np.isnan(compiled(tf.constant(-1)).numpy()))
+
+
+_Q = np.ones((2, 3, 4, 5), dtype="float32")
+_CACHE = np.zeros((2, 2, 8, 4, 5), dtype="float32")
+
+ERRORS = [
+    (lambda: attention.create_cache(0, 8, 4, 5), ValueError, r"`batch_size` must be an int >= 1\. Received: batch_size=0"),
+    (lambda: attention.create_cache(2, 8.0, 4, 5), TypeError, r"`cache_length` must be an int\. Received: cache_length=8\.0"),
+    (lambda: attention.create_cache(2, 8, 4, 5, dtype="int32"), TypeError, r"`dtype` must be a floating dtype\. Received: dtype=int32"),
+    (lambda: attention.cached_attention(_Q, _Q, _Q, _CACHE[0], 0), ValueError, r"`cache` must have rank 5, shape \(2, B, T, N, H\)\. Received: cache with shape \(2, 8, 4, 5\)"),
+    (lambda: attention.cached_attention(_Q, _Q, _Q, np.zeros((3, 2, 8, 4, 5), "float32"), 0), ValueError, r"`cache` must stack keys and values on axis 0"),
+    (lambda: attention.cached_attention(_Q[0], _Q, _Q, _CACHE, 0), ValueError, r"`query` must have rank 4, shape \(B, F, N, H\)\. Received: query with shape \(3, 4, 5\)"),
+    (lambda: attention.cached_attention(_Q, _Q, _Q, _CACHE[:, :1], 0), ValueError, r"The batch sizes B must agree: cache B=1, key B=2, value B=2"),
+    (lambda: attention.cached_attention(_Q, _Q, _Q, _CACHE[..., :3, :], 0), ValueError, r"The head counts N must agree: cache N=3, key N=4"),
+    (lambda: attention.cached_attention(_Q, _Q, _Q, _CACHE[..., :2], 0), ValueError, r"The head sizes H must agree: cache H=2, key H=5"),
+    (lambda: attention.cached_attention(_Q, _Q[:, :2], _Q[:, :2], _CACHE, 0), ValueError, r"With a cache, `query`, `key` and `value` must cover the same F new positions"),
+    (lambda: attention.cached_attention(_Q, _Q, _Q, _CACHE.astype("float16"), 0), TypeError, r"`key` must have the dtype of `cache` \(allocate the cache in the compute dtype\)\. Received: key dtype float32, cache dtype float16"),
+    (lambda: attention.cached_attention(_Q, _Q, _Q, _CACHE, 1.5), TypeError, r"`step` must be an int\. Received: step=1\.5"),
+    (lambda: attention.cached_attention(_Q, _Q, _Q, _CACHE, tf.constant(1.0)), TypeError, r"`step` must be an integer scalar\. Received: step with dtype float32"),
+    (lambda: attention.cached_attention(_Q, _Q, _Q, _CACHE, tf.constant([1])), ValueError, r"`step` must be a scalar\. Received: step with shape \(1,\)"),
+    (lambda: attention.cached_attention(_Q, _Q, _Q, _CACHE, 0, span="all"), ValueError, r"`span` must be one of \('auto', 'filled', 'buckets', 'allocated'\)\. Received: span='all'"),
+    (lambda: tf.function(lambda: attention.cached_attention(_Q, _Q, _Q, _CACHE, 0, span="filled"), jit_compile=True)(), ValueError, r'`span="filled"` slices the cache to a length known only at run time'),
+    (lambda: attention.cached_attention(_Q, _Q, _Q, _CACHE, 0, attention_mask=np.ones((2, 3, 5), bool)), ValueError, r"`attention_mask` must have shape \(B, F, S\) with F=3 query positions \(or 1\) and S=8 key slots\. Received: attention_mask with shape \(2, 3, 5\)"),
+    (lambda: attention.attention(_Q, _Q, _Q, attention_mask=np.ones((3, 3), bool)), ValueError, r"`attention_mask` must have rank 3"),
+    (lambda: attention.attention(_Q, _Q[..., :4], _Q), ValueError, r"The query and key head sizes H must agree: query H=5, key H=4"),
+    (lambda: attention.attention(_Q, _Q[:, :2], _Q), ValueError, r"The key and value lengths S must agree: key S=2, value S=3"),
+    (lambda: attention.attention(_Q.astype("int32"), _Q, _Q), TypeError, r"`query` must be a floating-point tensor"),
+    (lambda: attention.attention(_Q, _Q, _Q, sliding_window=0), ValueError, r"`sliding_window` must be an int >= 1\. Received: sliding_window=0"),
+]
+
+
+@pytest.mark.parametrize("call,error,message", ERRORS)
+def test_errors(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
