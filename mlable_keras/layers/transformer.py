@@ -47,6 +47,12 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
     - ``cache`` without ``step``: the new keys / values are appended after the
       existing slots (the cache grows by ``F``; all its slots count as filled).
 
+    Masked and empty slots get a weight of exactly 0, and a query that sees
+    no key at all (e.g. a padded position under a Keras mask) gets all-zero
+    weights, so its output is the output bias (``keras.layers.MultiHeadAttention``
+    spreads such a row evenly over the masked keys instead); every other row
+    equals Keras'.
+
     The scores and the softmax run in float32 under mixed precision; the
     weights are cast back to the compute dtype. The cache stays in the compute
     dtype (Keras casts a float cache passed to the layer to it).
