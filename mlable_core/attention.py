@@ -42,9 +42,10 @@ What each call reads and writes
 - Under XLA (``jit_compile=True``, detected while tracing) shapes must be
   static, so the attended length cannot be ``step + F``. The attention reads
   the smallest "bucket" of slots that holds ``step + F`` (powers of two from
-  ``MIN_BUCKET`` up to ``T``, picked at run time by a ``tf.switch_case``); the
-  mask gives the slots in ``[step + F, bucket)`` a weight of exactly 0, so the
-  result is the same and the cost stays within 2x of the filled length. The
+  ``MIN_BUCKET`` and the midpoints between them, up to ``T``; see
+  ``bucket_lengths``), picked at run time by a ``tf.switch_case``; the mask
+  gives the slots in ``[step + F, bucket)`` a weight of exactly 0, so the
+  result is the same and the cost stays within 1.5x of the filled length. The
   update is a scatter that XLA performs in place inside a compiled loop (the
   cache buffer is reused across iterations, no copy per step).
 - ``span`` overrides this choice: ``"filled"`` (dynamic slice; not under XLA),
@@ -519,18 +520,23 @@ def attention(
 
 
 def bucket_lengths(cache_length: int, min_bucket: int = MIN_BUCKET) -> tuple[int, ...]:
-    """The attended lengths used under XLA: powers of two from ``min_bucket``, capped by ``cache_length``.
+    """The attended lengths used under XLA, each at most 1.5x the previous one.
+
+    Powers of two from ``min_bucket`` and the midpoints ``3 * 2**k`` between
+    them, below ``cache_length``, then ``cache_length`` itself: a call reads at
+    most 1.5x the filled slots (beyond the first bucket), with about
+    ``2 * log2(T / min_bucket)`` compiled branches.
 
     Example:
         >>> bucket_lengths(300)
-        (64, 128, 256, 300)
+        (64, 96, 128, 192, 256, 300)
     """
     cache_length = shapes.check_int(cache_length, "cache_length", minimum=1)
+    power = shapes.check_int(min_bucket, "min_bucket", minimum=1)
     lengths = []
-    length = shapes.check_int(min_bucket, "min_bucket", minimum=1)
-    while length < cache_length:
-        lengths.append(length)
-        length *= 2
+    while power < cache_length:
+        lengths += [length for length in (power, power * 3 // 2) if length < cache_length]
+        power *= 2
     return tuple(lengths) + (cache_length,)
 
 

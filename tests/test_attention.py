@@ -242,11 +242,12 @@ def test_filled_span_never_reads_empty_slots_and_buckets_read_up_to_the_bucket()
     allocated = attention.cached_attention(q, k, v, cache, 70, span="allocated")[0]
     assert np.all(np.isfinite(filled.numpy())) and np.all(np.isfinite(graph.numpy()))
     assert np.all(np.isnan(allocated.numpy()))
-    cache[:, :, 71:128] = 0.0  # the bucket of 71 filled slots is 128 (buckets 64, 128, 256)
+    cache[:, :, 71:96] = 0.0  # the bucket of 71 filled slots is 96 (buckets 64, 96, 128, 192, 256)
     bucketed = tf.function(lambda c, s: attention.cached_attention(q, k, v, c, s)[0], jit_compile=True)(cache, tf.constant(70))
     np.testing.assert_allclose(bucketed.numpy(), filled.numpy(), atol=1e-6)
-    assert attention.bucket_lengths(256) == (64, 128, 256)
-    assert attention.bucket_lengths(300, min_bucket=100) == (100, 200, 300)
+    assert attention.bucket_lengths(256) == (64, 96, 128, 192, 256)
+    assert attention.bucket_lengths(4096)[-4:] == (1536, 2048, 3072, 4096)
+    assert attention.bucket_lengths(300, min_bucket=100) == (100, 150, 200, 300)
     assert attention.bucket_lengths(10) == (10,)
 
 
