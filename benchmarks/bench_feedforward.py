@@ -17,7 +17,7 @@ from benchmarks import timing
 from mlable_keras.layers.transformer import FeedForwardGate
 
 # config: (batch, sequence, width, hidden)
-SHAPES = ((4, 128, 512, 2048), (16, 256, 512, 2048))
+SHAPES = ((4, 128, 512, 2048), (8, 256, 512, 2048))
 SHAPES_QUICK = ((4, 128, 512, 2048),)
 TINY = os.environ.get("MLABLE_BENCH_TINY") == "1"  # smoke tests: tiny tensors, one repeat
 

@@ -434,3 +434,25 @@ def test_seed_namespace_exports_the_same_classes():
 
     assert mlable.layers.transformer.CachedMultiHeadAttention is layers.CachedMultiHeadAttention
     assert mlable.layers.transformer.FeedForwardGate is layers.FeedForwardGate
+
+
+def test_readme_section_examples_run():
+    import os
+    import re
+    import textwrap
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+    with open(path, encoding="utf-8") as handle:
+        readme = handle.read()
+    section = readme.split("## Attention and feed-forward", 1)[1].split("\n## ", 1)[0]
+    blocks = [textwrap.dedent(block) for block in re.findall(r"```python\n(.*?)```", section, flags=re.S)]
+    assert len(blocks) == 2
+    namespace: dict = {}
+    for block in blocks:
+        exec(block, namespace)  # noqa: S102 - the README's own lines
+    assert namespace["scores"].shape == (2, 4, 1, 128)
+    assert namespace["block"](namespace["x"]).shape == (2, 10, 64)
+    assert namespace["token"].shape == (2, 1, 64) and namespace["cache"].shape == (2, 2, 128, 4, 16)
+    # the compiled loop wrote positions 12..15 after the eager calls, and nothing beyond
+    cache = namespace["cache"].numpy()
+    assert np.any(cache[:, :, 15]) and not np.any(cache[:, :, 16:])
