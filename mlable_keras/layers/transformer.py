@@ -154,20 +154,24 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
         projected_query = self._query_dense(query)  # (B, F, N, H)
         projected_key = self._key_dense(key)  # (B, F or S, N, H)
         projected_value = self._value_dense(value)  # (B, F or S, N, H)
-        dropout = None
-        if self._dropout > 0.0:
-            dropout = lambda weights: self._dropout_layer(weights, training=training)  # noqa: E731
+
+        def dropout(weights: tf.Tensor) -> tf.Tensor:
+            return self._dropout_layer(weights, training=training)
+
+        weight_dropout = dropout if self._dropout > 0.0 else None
         if cache is None:
             result = attention.attention(
                 projected_query, projected_key, projected_value, attention_mask=mask, use_causal_mask=False,
-                scale=self._inverse_sqrt_key_dim, dropout=dropout, return_scores=return_attention_scores,
+                scale=self._inverse_sqrt_key_dim, dropout=weight_dropout,
+                return_scores=return_attention_scores,
             )
             mixed, scores = result if return_attention_scores else (result, None)
         else:
             result = attention.cached_attention(
                 projected_query, projected_key, projected_value, cache, step, attention_mask=mask,
                 use_causal_mask=use_causal_mask, sliding_window=self._sliding_window,
-                scale=self._inverse_sqrt_key_dim, dropout=dropout, return_scores=return_attention_scores,
+                scale=self._inverse_sqrt_key_dim, dropout=weight_dropout,
+                return_scores=return_attention_scores,
             )
             mixed, scores, cache = result if return_attention_scores else (result[0], None, result[1])
         if gate is not None:
