@@ -137,6 +137,23 @@ def test_keras_options_decode_like_the_keras_layer(kwargs):
     np.testing.assert_allclose(decode(layer, x, 8, (2, 1, 3))[0], expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+@pytest.mark.parametrize("cached", [False, True])
+def test_causal_mask_holds_on_every_path(policy, dropout, cached):
+    # Keras once dropped the causal mask on its non-fused paths (dropout, returned scores): check them all
+    x = np.random.default_rng(11).normal(size=(2, 5, 8)).astype("float32")
+    layer = layers.CachedMultiHeadAttention(num_heads=2, key_dim=4, dropout=dropout, dtype=policy)
+    cache = attention.create_cache(2, 7, 2, 4, dtype=layer.compute_dtype) if cached else None
+    for training in (False, True):
+        _, scores, _ = layer(x, x, cache=cache, step=0 if cached else None, return_attention_scores=True, training=training)
+        scores = tf.cast(scores, tf.float32).numpy()
+        future = ~np.tril(np.ones((5, scores.shape[-1]), dtype=bool))  # slots after each query, empty ones included
+        assert not np.any(scores[:, :, future])
+        if not training:
+            np.testing.assert_allclose(scores.sum(-1), 1.0, atol=2e-3)
+
+
 def test_layer_equals_its_core_op():
     rng = np.random.default_rng(3)
     x = rng.normal(size=(2, 4, 8)).astype("float32")
