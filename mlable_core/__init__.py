@@ -5,6 +5,8 @@ Nothing here imports Keras. Submodules are loaded on first access, so that
 
 - ``shapes``: shape arithmetic on tuples (no TensorFlow).
 - ``reshaping``: divide, merge, swap and move axes.
+- ``embedding``: byte-embedding combination (tokun): one gather, one reshape.
+- ``rotary``: rotary position embedding (RoPE) tables and rotation.
 
 Every op works eagerly, inside ``tf.function`` and under ``jit_compile=True``.
 """
