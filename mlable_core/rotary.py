@@ -124,6 +124,11 @@ def inverse_frequencies(rotated_dim: int, max_wavelength: float = 10_000, scalin
         >>> inverse_frequencies(4, max_wavelength=100).numpy().tolist()
         [1.0, 0.10000000149011612]
     """
+    return tf.constant(_frequencies(rotated_dim, max_wavelength, scaling_factor))
+
+
+def _frequencies(rotated_dim: int, max_wavelength: float, scaling_factor: float) -> np.ndarray:
+    """``inverse_frequencies`` as a float32 numpy array (usable while tracing)."""
     rotated_dim = shapes.check_int(rotated_dim, "rotated_dim", minimum=0)
     if rotated_dim % 2:
         raise ValueError(f"`rotated_dim` must be even. Received: rotated_dim={rotated_dim}")
@@ -131,7 +136,7 @@ def inverse_frequencies(rotated_dim: int, max_wavelength: float = 10_000, scalin
     _check_positive(scaling_factor, "scaling_factor")
     exponents = np.arange(0, rotated_dim, 2, dtype=np.float64) / max(rotated_dim, 1)
     values = np.power(float(max_wavelength), -exponents) / float(scaling_factor)
-    return tf.constant(values.astype(np.float32))
+    return values.astype(np.float32)
 
 
 def normalize_offset(offset: Offset) -> int | tf.Tensor:
@@ -192,8 +197,44 @@ def positions(length: int | tf.Tensor, offset: Offset = 0) -> tf.Tensor:
 def _cos_sin(angles: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     # exp(i angle) = cos + i sin: XLA keeps an `exp` table in memory instead of
     # fusing (and recomputing) it into every element of the consumer
-    rotation = tf.exp(tf.complex(tf.zeros_like(angles), angles))
+    rotation = tf.exp(tf.complex(0.0, angles))
     return tf.math.real(rotation), tf.math.imag(rotation)
+
+
+def _layout_positions(length: int | tf.Tensor, offset: int | tf.Tensor, rank: int, sequence_axis: int) -> tf.Tensor:
+    """``p + offset`` as float32 (exact below 2 ** 24), laid out to broadcast.
+
+    The result has rank ``rank``, ``S`` on ``sequence_axis``, ``B`` on axis 0 for
+    a per-row offset and 1 elsewhere. A static length gives a constant (no op).
+    """
+    layout = [1] * rank
+    layout[sequence_axis] = -1
+    if isinstance(length, int):
+        steps = tf.constant(np.arange(length, dtype=np.float32).reshape(layout))
+    else:
+        steps = tf.reshape(tf.range(length, dtype=tf.float32), layout)
+    if isinstance(offset, int):
+        return steps + float(offset) if offset else steps
+    offset = tf.cast(offset, tf.float32)
+    if offset.shape.rank == 1:
+        offset = tf.reshape(offset, [-1] + [1] * (rank - 1))  # (B, 1, ..., 1)
+    return steps + offset
+
+
+def _signed_frequencies(
+    rotated: int, max_wavelength: float, scaling_factor: float, rank: int, pair_axis: int, frequency_axis: int
+) -> tf.Tensor:
+    """``-theta_j / scale`` for the first element of each pair and ``+theta_j / scale`` for the second.
+
+    A float32 constant of rank ``rank`` with ``2`` on ``pair_axis``, ``R / 2`` on
+    ``frequency_axis`` (two neighbouring axes) and 1 elsewhere.
+    """
+    frequencies = _frequencies(rotated, max_wavelength, scaling_factor)
+    signs = np.array([-1.0, 1.0], dtype=np.float32)
+    table = np.multiply.outer(signs, frequencies) if pair_axis < frequency_axis else np.multiply.outer(frequencies, signs)
+    shape = [1] * rank
+    shape[pair_axis], shape[frequency_axis] = 2, rotated // 2
+    return tf.constant(table.reshape(shape))
 
 
 def tables(
@@ -225,7 +266,9 @@ def tables(
         TensorShape([4, 4])
     """
     inverse = inverse_frequencies(rotated_dim, max_wavelength, scaling_factor)
-    angles = tf.cast(positions(length, offset), tf.float32)[..., None] * inverse  # (S, R / 2) or (B, S, R / 2)
+    offset = normalize_offset(offset)
+    rank = 2 if isinstance(offset, int) or offset.shape.rank == 0 else 3
+    angles = _layout_positions(length, offset, rank, rank - 2) * inverse  # (S, R / 2) or (B, S, R / 2)
     cos, sin = _cos_sin(angles)
     dtype = tf.as_dtype(dtype)
     return (cos, sin) if dtype == tf.float32 else (tf.cast(cos, dtype), tf.cast(sin, dtype))
@@ -338,24 +381,21 @@ def rotate(
     split = [half, 2] if interleaved else [2, half]
     pairs = tf.reshape(x, dims[:feature] + split + dims[feature + 1 :])  # (B, S, N, 2, R / 2) or (B, S, N, R / 2, 2)
 
-    # tables laid out to broadcast: S on the sequence axis, R / 2 on the frequency axis (B on axis 0 per row)
-    layout = [1] * (len(static) + 1)
+    # tables laid out to broadcast: S on the sequence axis, (2, R / 2) on the (pair, frequency) axes, and B
+    # on axis 0 for per-row offsets; the sign of the sine is folded into the frequencies (sin(-a) = -sin(a))
     with tf.control_dependencies(checks):
-        steps = tf.cast(positions(dims[sequence], offset), tf.float32)  # (S,) or (B, S)
-    position_layout = list(layout)
-    position_layout[expanded_sequence] = -1
-    if steps.shape.rank == 2:
-        position_layout[0] = reshaping.dynamic_dims(steps)[0]
-    frequency_layout = list(layout)
-    frequency_layout[frequency_axis] = half
-    inverse = inverse_frequencies(rotated, max_wavelength, scaling_factor)
-    angles = tf.reshape(steps, position_layout) * tf.reshape(inverse, frequency_layout)
-    cos, sin = _cos_sin(angles)
-    signed_sin = tf.concat([-sin, sin], axis=pair_axis)  # x_a takes -x_b sin, x_b takes +x_a sin
+        steps = _layout_positions(dims[sequence], offset, len(static) + 1, expanded_sequence)  # (1, S, 1, 1, 1)
+    frequencies = _signed_frequencies(rotated, max_wavelength, scaling_factor, len(static) + 1, pair_axis, frequency_axis)
+    angles = steps * frequencies  # (1, S, 1, 2, R / 2) for a (B, S, N, H) input, half-split
+    cos, signed_sin = _cos_sin(angles)  # x_a takes -x_b sin, x_b takes +x_a sin
     if x.dtype != tf.float32:
         cos, signed_sin = tf.cast(cos, x.dtype), tf.cast(signed_sin, x.dtype)
 
-    turned = pairs * cos + tf.reverse(pairs, [pair_axis]) * signed_sin
+    swapped = tf.reverse(pairs, [pair_axis]) * signed_sin
+    # scaling `pairs` only once the swap has read them lets TensorFlow reuse their buffer for the
+    # result when nothing else holds it, so the rotation allocates one new tensor instead of two
+    with tf.control_dependencies([swapped]):
+        turned = pairs * cos + swapped
     result = tf.reshape(turned, dims)  # back to the input shape
     if tail is not None:
         result = tf.concat([result, tail], axis=feature)
