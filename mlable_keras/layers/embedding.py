@@ -137,8 +137,9 @@ class RotaryPositionalEmbedding(keras.layers.Layer):
                 f"Received: sequence_axis={sequence_axis}, feature_axis={feature_axis}"
             )
         rotary.check_arguments(max_wavelength, scaling_factor, interleaved)
-        self.max_wavelength = max_wavelength
-        self.scaling_factor = scaling_factor
+        # plain Python numbers, so that the config is JSON (numpy scalars are not)
+        self.max_wavelength = max_wavelength if isinstance(max_wavelength, int) else float(max_wavelength)
+        self.scaling_factor = scaling_factor if isinstance(scaling_factor, int) else float(scaling_factor)
         self.interleaved = bool(interleaved)
         self.built = True
 
