@@ -29,7 +29,7 @@ computed once per call, never per head or per row. The rotation is then
 under XLA this is one fused pass over the input. cos and sin come from one
 complex exponential: XLA treats ``exp`` as expensive and keeps the small table
 in memory, whereas a plain ``cos`` gets fused into (and recomputed for) every
-element of the input (3x to 6x slower on CPU, as keras-hub's RoPE is).
+element of the input (3x to 4x slower on CPU, as keras-hub's RoPE is).
 
 Every op works eagerly, inside ``tf.function`` (any dimension but the feature
 axis may be unknown) and under ``jit_compile=True``.
