@@ -14,8 +14,9 @@ a message from deep inside the kernel), returns zeros on GPU, and under XLA
 clamps the index silently. ``combine`` therefore asserts ``0 <= index < V``
 with ``tf.debugging.Assert`` before gathering, which gives one clear
 ``InvalidArgumentError`` eagerly and in graphs, on CPU and GPU alike. XLA drops
-assertions: inside ``jit_compile=True`` nothing is checked and out-of-range
-indices read a clamped row (CPU) or zeros (GPU).
+assertions: inside ``jit_compile=True`` nothing is checked and an out-of-range
+index reads a clamped row (XLA's gather clamps its indices; seen on CPU, GPU
+not checked here).
 """
 
 from __future__ import annotations

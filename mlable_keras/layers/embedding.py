@@ -33,8 +33,8 @@ class TokunEmbedding(keras.layers.Embedding):
     An index outside ``[0, input_dim)`` raises ``tf.errors.InvalidArgumentError``
     (a ``tf.debugging`` assertion, eagerly and in graphs, on CPU and GPU).
     TensorFlow's gather alone does not check on GPU (it returns zeros), and XLA
-    (``jit_compile=True``) drops the assertion: there, out-of-range indices read
-    a clamped row on CPU and zeros on GPU.
+    (``jit_compile=True``) drops the assertion: there, an out-of-range index
+    reads a clamped row (XLA's gather clamps its indices).
 
     With ``mask_zero=True`` the mask has one value per token, shape
     ``(..., S / T)``: a token is masked when all its ``T`` indices are 0.
