@@ -7,8 +7,14 @@ Nothing here imports Keras. Submodules are loaded on first access, so that
 - ``reshaping``: divide, merge, swap and move axes.
 - ``embedding``: byte-embedding combination (tokun): one gather, one reshape.
 - ``rotary``: rotary position embedding (RoPE) tables and rotation.
+- ``decoding``: the compiled generation loop (prefill, then one token per step, cache threaded through).
+- ``accuracy``: group reductions, prediction decoders and per-group correctness.
+- ``text``: UTF-32-BE byte codecs (encode, decode, trim, untrim).
+- ``hilbert``: Hilbert curve points and indices, fold and unfold.
+- ``sampling``: greedy, temperature, top-k, top-p and binary samplers.
 
-Every op works eagerly, inside ``tf.function`` and under ``jit_compile=True``.
+Every op works eagerly, inside ``tf.function`` and under ``jit_compile=True``,
+but for the string codecs ``text.encode`` and ``text.decode`` (XLA has no strings).
 """
 
 from __future__ import annotations

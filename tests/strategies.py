@@ -78,6 +78,68 @@ def arange(shape: tuple[int, ...], dtype: str = "float32") -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class GroupCase:
+    """A group-accuracy setting: the shape of the values, the grouped axis (normalized and as given), the group."""
+
+    shape: tuple[int, ...]
+    axis: int
+    given_axis: int
+    group: int
+    seed: int
+
+
+@st.composite
+def group_cases(draw: st.DrawFn, max_rank: int = 3, max_group: int = 4, max_groups: int = 3) -> GroupCase:
+    """Values of rank 1 to ``max_rank`` whose ``axis`` holds a whole number of groups of ``group``."""
+    shape = list(draw(shapes(min_rank=1, max_rank=max_rank, max_side=4)))
+    axis = draw(st.integers(0, len(shape) - 1))
+    group = draw(st.integers(1, max_group))
+    shape[axis] = group * draw(st.integers(1, max_groups))
+    return GroupCase(tuple(shape), axis, signed_axis(draw, axis, len(shape)), group, draw(st.integers(0, 2**31 - 1)))
+
+# text, Hilbert folding and sampling (issue 6) ---------------------------------------------------
+
+# characters that stress a byte codec: emoji (with skin tone and flag sequences), CJK, Hangul,
+# combining marks after their base letter, and astral-plane letters (4 UTF-8 bytes each)
+SPECIAL_CHARACTERS = "😀🎉👍🏽🇫🇷中文字漢語日本語한국어e\u0301a\u0308o\u0300\u20dd𝔘𝔫𝔦𐍈𠜎\U0010fffd"
+
+
+def texts(min_size: int = 0, max_size: int = 12) -> st.SearchStrategy[str]:
+    """Text without NUL (the padding character): any non-surrogate code point, often special ones."""
+    alphabet = st.one_of(
+        st.characters(codec="utf-8", exclude_characters="\x00"),
+        st.sampled_from(SPECIAL_CHARACTERS),
+    )
+    return st.text(alphabet, min_size=min_size, max_size=max_size)
+
+
+@st.composite
+def hilbert_cases(draw: st.DrawFn, max_points: int = 64, max_rank: int = 4) -> tuple[int, int, tuple[int, ...], int]:
+    """``(order, rank, shape, axis)``: a small shape whose ``axis`` has length ``2 ** (order * rank)``."""
+    rank = draw(st.integers(1, 3))
+    order = draw(st.integers(1, max(1, (max_points.bit_length() - 1) // rank)))
+    others = draw(shapes(min_rank=0, max_rank=max_rank - 1, max_side=3))
+    axis = draw(st.integers(0, len(others)))
+    shape = others[:axis] + (1 << (order * rank),) + others[axis:]
+    return order, rank, shape, signed_axis(draw, axis, len(shape))
+
+
+@st.composite
+def logits(draw: st.DrawFn, max_batch: int = 3, max_vocabulary: int = 12) -> np.ndarray:
+    """Float32 logits ``(B, V)`` in [-6, 6], some ``-inf``, at least one finite value per row."""
+    batch = draw(st.integers(1, max_batch))
+    vocabulary = draw(st.integers(1, max_vocabulary))
+    size = batch * vocabulary
+    values = draw(st.lists(st.floats(-6, 6, allow_nan=False, width=32), min_size=size, max_size=size))
+    masked = draw(st.lists(st.booleans(), min_size=size, max_size=size))
+    array = np.asarray(values, dtype=np.float32).reshape(batch, vocabulary)
+    mask = np.asarray(masked).reshape(batch, vocabulary)
+    mask[:, 0] &= ~mask.all(axis=-1)  # keep one finite logit per row
+    array[mask] = -np.inf
+    return array
+
+
+@dataclass(frozen=True)
 class RotaryCase:
     """One valid ``rotate`` call: the input shape, normalized and as-given axes, and the options."""
 

@@ -1,0 +1,262 @@
+"""Group accuracy metrics: Binary, Categorical, SparseCategorical and Raw.
+
+Hierarchical models are scored on entities, not on elementary predictions: a
+UTF-32-BE character is right only when its 4 bytes are, a byte only when its 8
+bits are. Each metric scores groups of ``group`` consecutive values along
+``axis`` and reports the weighted share of correct groups over everything seen
+since the last reset:
+
+``result = sum(weight * correct) / sum(weight)`` over every group of every batch.
+
+Each metric is a ``keras.metrics.MeanMetricWrapper`` around a module-level
+function of ``mlable_core.accuracy`` with its keyword arguments, so that the
+config and ``.keras`` files round-trip. The state is two sums (``total``,
+``count``) aggregated by summing across replicas, so that a
+``tf.distribute`` strategy gives the result of one device.
+
+Weights: ``sample_weight`` broadcasts to the group-level shape
+``(..., K / G)``, aligned on the leading axes like in Keras: one weight per row
+``(B,)``, or one per group (a padding mask over groups) both work. A Keras mask
+carried by ``y_pred`` is applied too (see ``mlable_core.accuracy.group_mask``:
+a group counts when all its elements are unmasked).
+
+Differences with ``keras.metrics.Mean``-based accuracies: Keras averages the
+per-row means, so that batches of different lengths weigh by rows; these
+metrics count groups, so a row of 8 groups weighs twice a row of 4. Both agree
+whenever every batch has the same shape. The sums are kept in ``dtype``
+(float32 by default): counts stay exact up to 2**24 groups per sum; pass
+``dtype="float64"`` for longer exact runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from mlable_core import accuracy, shapes
+
+try:
+    from keras.src.backend import get_keras_mask as _get_keras_mask
+except ImportError:  # pragma: no cover - older / newer layouts of Keras' private modules
+
+    def _get_keras_mask(x: Any) -> Any:
+        return getattr(x, "_keras_mask", None)
+
+
+class _GroupAccuracy(keras.metrics.MeanMetricWrapper):
+    """Base of the group accuracies: counts groups, broadcasts weights to the group-level shape."""
+
+    def __init__(self, fn: Any, name: str, dtype: Any, **kwargs: Any) -> None:
+        super().__init__(fn=fn, name=name, dtype=dtype, **kwargs)
+        self._direction = "up"  # to maximize
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
+        """Accumulates the correct groups of one batch.
+
+        Args:
+            y_true: the targets.
+            y_pred: the predictions (may carry a Keras mask).
+            sample_weight: weights broadcastable to the group-level shape
+                (aligned on the leading axes), e.g. ``(B,)`` or ``(B, K / G)``.
+        """
+        mask = _get_keras_mask(y_pred)
+        values = tf.cast(self._fn(y_true, y_pred, **self._fn_kwargs), self.dtype)  # (..., K / G)
+        weights = None
+        if sample_weight is not None:
+            weights = accuracy.broadcast_weights(sample_weight, values, name="sample_weight")
+        if mask is not None:
+            masked = accuracy.group_mask(mask, values, axis=self._fn_kwargs["axis"])
+            weights = masked if weights is None else weights * masked
+        if weights is None:
+            self.total.assign_add(tf.reduce_sum(values))
+            self.count.assign_add(tf.cast(tf.size(values), self.dtype))
+        else:
+            self.total.assign_add(tf.reduce_sum(values * weights))
+            self.count.assign_add(tf.reduce_sum(weights))
+
+    def _base_config(self) -> dict[str, Any]:
+        # the base Metric config (name, dtype): the wrapped function is fixed by the class
+        return keras.metrics.Metric.get_config(self)
+
+
+@keras.saving.register_keras_serializable(package="mlable")
+class BinaryGroupAccuracy(_GroupAccuracy):
+    """Share of groups whose bits all agree, for binary predictions.
+
+    ``y_true`` and ``y_pred`` have the shape ``(..., K * D, ...)`` with the bits
+    along ``axis``: ``D = depth`` consecutive bits make one value (big-endian)
+    and ``G = group`` consecutive values make one group, so a group is correct
+    when all of its ``G * D`` bits agree. A bit is 1 where the value is
+    strictly above ``threshold``, for ``y_true`` and ``y_pred`` alike (use
+    ``threshold=0.0`` for logits, with 0 / 1 targets).
+
+    Args:
+        group: the values ``G`` per group, e.g. 4 bytes per UTF-32-BE character.
+        depth: the bits ``D`` per value, e.g. 8 bits per byte.
+        threshold: the bit threshold applied to both tensors.
+        axis: the axis holding the bits.
+        name: the metric name.
+        dtype: the dtype of the sums and of the result.
+
+    Call arguments (``update_state``):
+        y_true: the target bits, shape ``(..., K * D, ...)``.
+        y_pred: the predicted probabilities, same shape.
+        sample_weight: weights broadcastable to ``(..., K / G, ...)``, aligned on the leading axes.
+
+    Example:
+        >>> metric = BinaryGroupAccuracy(group=2, depth=2)
+        >>> metric.update_state([[0, 1, 1, 1, 0, 0, 1, 1]], [[0.1, 0.9, 0.8, 0.7, 0.2, 0.6, 0.9, 0.9]])
+        >>> float(metric.result())
+        0.5
+    """
+
+    def __init__(
+        self,
+        group: int = 4,
+        depth: int = 8,
+        threshold: float = 0.5,
+        axis: int = -1,
+        name: str = "binary_group_accuracy",
+        dtype: Any = None,
+    ) -> None:
+        self.group = shapes.check_int(group, "group", minimum=1)
+        self.depth = shapes.check_int(depth, "depth", minimum=1)
+        self.threshold = accuracy.check_real(threshold, "threshold")
+        self.axis = shapes.check_int(axis, "axis")
+        super().__init__(
+            fn=accuracy.binary_group_accuracy, name=name, dtype=dtype,
+            group=self.group, depth=self.depth, threshold=self.threshold, axis=self.axis,
+        )
+
+    def get_config(self) -> dict[str, Any]:
+        config = self._base_config()
+        config.update(group=self.group, depth=self.depth, threshold=self.threshold, axis=self.axis)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="mlable")
+class CategoricalGroupAccuracy(_GroupAccuracy):
+    """Share of groups whose argmax values all match, for one-hot targets.
+
+    ``y_true`` and ``y_pred`` have the shape ``(..., K, C)``: one-hot vectors,
+    probabilities or logits over the ``C`` classes; the values are the argmax
+    over ``C``. Groups are ``G = group`` consecutive values along ``axis``, an
+    axis of the values ``(..., K)`` (``-1`` is ``K``). For integer targets, use
+    ``SparseCategoricalGroupAccuracy``.
+
+    Args:
+        group: the values ``G`` per group, e.g. 4 bytes per UTF-32-BE character.
+        axis: the axis of the values along which groups run.
+        name: the metric name.
+        dtype: the dtype of the sums and of the result.
+
+    Call arguments (``update_state``):
+        y_true: one-hot targets, shape ``(..., K, C)``.
+        y_pred: probabilities or logits, same shape.
+        sample_weight: weights broadcastable to ``(..., K / G)``, aligned on the leading axes.
+
+    Example:
+        >>> metric = CategoricalGroupAccuracy(group=2)
+        >>> metric.update_state(tf.one_hot([[1, 2, 3, 0]], 4), tf.one_hot([[1, 2, 0, 0]], 4))
+        >>> float(metric.result())
+        0.5
+    """
+
+    def __init__(self, group: int = 4, axis: int = -1, name: str = "categorical_group_accuracy", dtype: Any = None) -> None:
+        self.group = shapes.check_int(group, "group", minimum=1)
+        self.axis = shapes.check_int(axis, "axis")
+        super().__init__(fn=accuracy.categorical_group_accuracy, name=name, dtype=dtype, group=self.group, axis=self.axis)
+
+    def get_config(self) -> dict[str, Any]:
+        config = self._base_config()
+        config.update(group=self.group, axis=self.axis)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="mlable")
+class SparseCategoricalGroupAccuracy(_GroupAccuracy):
+    """Share of groups whose argmax values all match, for integer targets (e.g. byte values).
+
+    The sparse form of ``CategoricalGroupAccuracy``, for heads trained with a
+    sparse categorical cross-entropy: ``y_true`` holds the class indices,
+    shape ``(..., K)`` (or ``(..., K, 1)``), and ``y_pred`` the probabilities or
+    logits, shape ``(..., K, C)``. It avoids materializing one-hot targets.
+
+    Args:
+        group: the values ``G`` per group.
+        axis: the axis of the values ``(..., K)`` along which groups run.
+        name: the metric name.
+        dtype: the dtype of the sums and of the result.
+
+    Call arguments (``update_state``):
+        y_true: class indices, shape ``(..., K)`` or ``(..., K, 1)``.
+        y_pred: probabilities or logits, shape ``(..., K, C)``.
+        sample_weight: weights broadcastable to ``(..., K / G)``, aligned on the leading axes.
+
+    Example:
+        >>> metric = SparseCategoricalGroupAccuracy(group=2)
+        >>> metric.update_state([[1, 2, 3, 0]], tf.one_hot([[1, 2, 0, 0]], 4))
+        >>> float(metric.result())
+        0.5
+    """
+
+    def __init__(
+        self, group: int = 4, axis: int = -1, name: str = "sparse_categorical_group_accuracy", dtype: Any = None
+    ) -> None:
+        self.group = shapes.check_int(group, "group", minimum=1)
+        self.axis = shapes.check_int(axis, "axis")
+        super().__init__(
+            fn=accuracy.sparse_categorical_group_accuracy, name=name, dtype=dtype, group=self.group, axis=self.axis
+        )
+
+    def get_config(self) -> dict[str, Any]:
+        config = self._base_config()
+        config.update(group=self.group, axis=self.axis)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="mlable")
+class RawGroupAccuracy(_GroupAccuracy):
+    """Share of groups whose rounded values all match, for raw (regressed) predictions.
+
+    Both tensors are scaled by ``factor`` and rounded (half to even) before the
+    comparison: with ``factor=256`` a prediction in ``[0, 1)`` is read as a byte.
+
+    Args:
+        group: the values ``G`` per group.
+        factor: the positive scale applied to both tensors before rounding.
+        axis: the axis along which groups run.
+        name: the metric name.
+        dtype: the dtype of the sums and of the result.
+
+    Call arguments (``update_state``):
+        y_true: the targets, shape ``(..., K, ...)``.
+        y_pred: the predictions, same shape.
+        sample_weight: weights broadcastable to ``(..., K / G, ...)``, aligned on the leading axes.
+
+    Example:
+        >>> metric = RawGroupAccuracy(group=1, factor=256.0)
+        >>> metric.update_state([[0.25, 0.5]], [[0.251, 0.52]])
+        >>> float(metric.result())
+        0.5
+    """
+
+    def __init__(
+        self, group: int = 1, factor: float = 256.0, axis: int = -1, name: str = "raw_group_accuracy", dtype: Any = None
+    ) -> None:
+        self.group = shapes.check_int(group, "group", minimum=1)
+        self.factor = accuracy.check_real(factor, "factor", positive=True)
+        self.axis = shapes.check_int(axis, "axis")
+        super().__init__(
+            fn=accuracy.raw_group_accuracy, name=name, dtype=dtype, group=self.group, factor=self.factor, axis=self.axis
+        )
+
+    def get_config(self) -> dict[str, Any]:
+        config = self._base_config()
+        config.update(group=self.group, factor=self.factor, axis=self.axis)
+        return config
+
+
+__all__ = ["BinaryGroupAccuracy", "CategoricalGroupAccuracy", "RawGroupAccuracy", "SparseCategoricalGroupAccuracy"]
