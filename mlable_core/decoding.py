@@ -134,7 +134,7 @@ def generate(
     if prompt.shape[1] == 0:
         raise ValueError(f"`prompt` must hold at least one token (P >= 1). Received: prompt with shape {prompt.shape}")
     seed = tf.zeros((2,), tf.int32) if seed is None else tf.cast(tf.convert_to_tensor(seed), tf.int32)
-    batch = tf.shape(prompt)[0]
+    batch = prompt.shape[0] if prompt.shape[0] is not None else tf.shape(prompt)[0]  # static when known: loop shapes stay fixed
     token_shape = prompt.shape[2:]
 
     def choose(logits: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
