@@ -1,0 +1,118 @@
+"""The main job (``python -m mlable_keras.demo``) and the reusable ByteDecoder model."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mlable_keras import corpus, demo
+from mlable_keras.models import ByteDecoder, decode_tokens, encode_tokens
+
+
+def test_quick_demo_trains_generates_and_reloads(tmp_path):
+    report = demo.run(demo.QUICK, corpus.load_corpus(max_characters=demo.QUICK.characters), output=str(tmp_path), verbose=0)
+    assert report.loss_after < report.loss_before, (report.loss_before, report.loss_after)
+    assert report.cached_equals_uncached
+    assert report.reload_equal
+    assert os.path.isfile(report.model_path)
+    assert set(report.accuracies) == {"byte_accuracy", "character_accuracy", "token_accuracy"}
+    # a character is right only if its 4 bytes are, a token only if its 4 characters are
+    assert report.accuracies["byte_accuracy"] >= report.accuracies["character_accuracy"] >= report.accuracies["token_accuracy"]
+    assert report.cached_tokens_per_second > 0 and report.uncached_tokens_per_second > 0
+    assert report.passed
+
+
+def test_corpus_from_a_folder(tmp_path):
+    (tmp_path / "b.txt").write_text("second é", encoding="utf-8")
+    (tmp_path / "a.txt").write_text("first 🙂", encoding="utf-8")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.txt").write_text("third", encoding="utf-8")
+    (tmp_path / ".hidden").write_text("never read", encoding="utf-8")
+    assert corpus.load_corpus(tmp_path) == "first 🙂\n\nsecond é\n\nthird"
+    assert corpus.load_corpus(tmp_path / "a.txt") == "first 🙂"
+    assert corpus.load_corpus(tmp_path, max_characters=5) == "first"
+
+
+def test_default_corpus_is_deterministic_real_text():
+    text = corpus.load_corpus(max_characters=20_000)
+    assert len(text) == 20_000
+    assert text == corpus.stdlib_docstrings(20_000)
+    assert text.count(" ") > 2_000  # prose, not code
+
+
+CORPUS_ERRORS = [
+    (lambda tmp: tmp / "missing", FileNotFoundError, r"The corpus path '.*missing' is neither a file nor a folder"),
+    (lambda tmp: _write(tmp / "latin1.txt", "café".encode("latin-1")), ValueError, r"The corpus file '.*latin1\.txt' is not valid UTF-8 \(byte 3"),
+    (lambda tmp: _write(tmp / "empty.txt", b"  \n"), ValueError, r"The corpus from '.*empty\.txt' is empty"),
+]
+
+
+def _write(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("make,error,message", CORPUS_ERRORS)
+def test_corpus_errors(tmp_path, make, error, message):
+    with pytest.raises(error, match=message):
+        corpus.load_corpus(make(tmp_path))
+
+
+def test_cli_reports_bad_corpora_clearly(tmp_path, capsys):
+    assert demo.main(["--quick", "--corpus", str(tmp_path / "missing")]) == 2
+    assert "neither a file nor a folder" in capsys.readouterr().err
+    bad = _write(tmp_path / "bad.txt", b"ok \xff\xfe not utf-8")
+    assert demo.main(["--quick", "--corpus", str(bad)]) == 2
+    assert "bad.txt' is not valid UTF-8" in capsys.readouterr().err
+    short = _write(tmp_path / "short.txt", "too short".encode())
+    assert demo.main(["--quick", "--corpus", str(short)]) == 2
+    assert "The corpus is too short" in capsys.readouterr().err
+
+
+def test_token_codec_round_trip():
+    texts = ["hello, world", "naïve 🙂 日本", ""]
+    tokens = encode_tokens(texts, num_tokens=4, token_size=16)
+    assert tokens.shape == (3, 4, 16) and tokens.dtype == tf.int32
+    expected = np.stack([np.frombuffer(text.encode("utf-32-be").ljust(64, b"\0"), np.uint8) for text in texts]).reshape(3, 4, 16)
+    np.testing.assert_array_equal(tokens.numpy(), expected)
+    assert decode_tokens(tokens) == texts
+
+
+def test_model_config_generation_and_mixed_precision():
+    model = ByteDecoder(token_size=8, embed_dim=4, num_layers=2, num_heads=2, hidden_dim=32)
+    prompt = encode_tokens(["abcdefgh", "12345678"], num_tokens=4, token_size=8)
+    logits = model(prompt)
+    assert logits.shape == (2, 4, 8, 256) and logits.dtype == tf.float32
+    config = model.get_config()
+    clone = ByteDecoder.from_config(json.loads(json.dumps(config)))
+    assert clone.get_config() == config
+    cached, lengths = model.generate(prompt, 5)
+    np.testing.assert_array_equal(cached.numpy(), model.generate_uncached(prompt, 5).numpy())
+    np.testing.assert_array_equal(lengths.numpy(), [5, 5])
+    sampled, _ = model.generate(prompt, 5, temperature=0.8, top_p=0.9, seed=(3, 4))
+    np.testing.assert_array_equal(sampled.numpy(), model.generate_uncached(prompt, 5, temperature=0.8, top_p=0.9, seed=(3, 4)).numpy())
+    half = ByteDecoder(token_size=8, embed_dim=4, num_layers=1, num_heads=2, dtype="mixed_bfloat16")
+    assert half(prompt).dtype == tf.float32
+    assert half.create_cache(2, 9)[0].dtype == tf.bfloat16
+    tokens, _ = half.generate(prompt, 3)
+    assert tokens.shape == (2, 7, 8)
+
+
+MODEL_ERRORS = [
+    (lambda: ByteDecoder(token_size=6), ValueError, r"`token_size` must be a multiple of 4 \(UTF-32 characters\)\. Received: token_size=6"),
+    (lambda: ByteDecoder(token_size=16, embed_dim=3, num_heads=5), ValueError, r"`num_heads` must divide the model width token_size \* embed_dim = 48"),
+    (lambda: ByteDecoder(num_layers=0), ValueError, r"`num_layers` must be an int >= 1\. Received: num_layers=0"),
+    (lambda: ByteDecoder(dropout_rate=1.0), ValueError, r"`dropout_rate` must be in \[0, 1\)\. Received: dropout_rate=1\.0"),
+    (lambda: ByteDecoder(token_size=8, embed_dim=4, num_heads=2).forward(tf.zeros((1, 2, 8), tf.int32), cache=()), ValueError, r"`step` is required with a `cache`"),
+]
+
+
+@pytest.mark.parametrize("call,error,message", MODEL_ERRORS)
+def test_model_errors(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
