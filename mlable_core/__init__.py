@@ -6,6 +6,8 @@ Nothing here imports Keras. Submodules are loaded on first access, so that
 - ``shapes``: shape arithmetic on tuples (no TensorFlow).
 - ``reshaping``: divide, merge, swap and move axes.
 - ``attention``: key/value cache (create, update), attention masks, plain and cached attention.
+- ``embedding``: byte-embedding combination (tokun): one gather, one reshape.
+- ``rotary``: rotary position embedding (RoPE) tables and rotation.
 - ``decoding``: the compiled generation loop (prefill, then one token per step, cache threaded through).
 - ``accuracy``: group reductions, prediction decoders and per-group correctness.
 - ``text``: UTF-32-BE byte codecs (encode, decode, trim, untrim).

@@ -126,11 +126,16 @@ def hilbert_cases(draw: st.DrawFn, max_points: int = 64, max_rank: int = 4) -> t
 
 @st.composite
 def logits(draw: st.DrawFn, max_batch: int = 3, max_vocabulary: int = 12) -> np.ndarray:
-    """Float32 logits ``(B, V)`` in [-6, 6], some ``-inf``, at least one finite value per row."""
+    """Float32 logits ``(B, V)`` in [-6, 6], some ``-inf``, at least one finite value per row.
+
+    Magnitudes below 1e-30 become 0: TensorFlow flushes subnormal results (e.g. of
+    ``logits / temperature``) to zero on CPU and numpy does not, which would make ties differ.
+    """
     batch = draw(st.integers(1, max_batch))
     vocabulary = draw(st.integers(1, max_vocabulary))
     size = batch * vocabulary
-    values = draw(st.lists(st.floats(-6, 6, allow_nan=False, width=32), min_size=size, max_size=size))
+    finite = st.floats(-6, 6, allow_nan=False, width=32).map(lambda value: value if abs(value) >= 1e-30 else 0.0)
+    values = draw(st.lists(finite, min_size=size, max_size=size))
     masked = draw(st.lists(st.booleans(), min_size=size, max_size=size))
     array = np.asarray(values, dtype=np.float32).reshape(batch, vocabulary)
     mask = np.asarray(masked).reshape(batch, vocabulary)
@@ -173,3 +178,45 @@ def decode_cases(draw: st.DrawFn, max_length: int = 8, max_extra_slots: int = 4)
         slots=length + draw(st.integers(0, max_extra_slots)),
         chunks=chunk_sizes(draw, length),
     )
+
+@dataclass(frozen=True)
+class RotaryCase:
+    """One valid ``rotate`` call: the input shape, normalized and as-given axes, and the options."""
+
+    shape: tuple[int, ...]
+    sequence_axis: int
+    feature_axis: int
+    given_sequence_axis: int
+    given_feature_axis: int
+    offset: int
+    interleaved: bool
+    max_wavelength: float
+    scaling_factor: float
+
+
+@st.composite
+def rotary_cases(draw: st.DrawFn, max_rank: int = 4, max_side: int = 4, max_features: int = 9) -> RotaryCase:
+    """A shape with distinct sequence and feature axes (any order, odd feature sizes included) and RoPE options."""
+    shape = list(draw(shapes(min_rank=2, max_rank=max_rank, max_side=max_side)))
+    rank = len(shape)
+    sequence_axis = draw(st.integers(0, rank - 1))
+    feature_axis = draw(st.integers(0, rank - 1).filter(lambda axis: axis != sequence_axis))
+    shape[feature_axis] = draw(st.integers(1, max_features))
+    return RotaryCase(
+        shape=tuple(shape),
+        sequence_axis=sequence_axis,
+        feature_axis=feature_axis,
+        given_sequence_axis=signed_axis(draw, sequence_axis, rank),
+        given_feature_axis=signed_axis(draw, feature_axis, rank),
+        offset=draw(st.integers(-8, 64)),
+        interleaved=draw(st.booleans()),
+        max_wavelength=draw(st.sampled_from([10_000, 500.0, 1e6])),
+        scaling_factor=draw(st.sampled_from([1.0, 0.5, 4.0])),
+    )
+
+
+@st.composite
+def token_cases(draw: st.DrawFn, max_rank: int = 4) -> tuple[tuple[int, ...], int, int]:
+    """``(indices shape (..., S / T, T), V, E)`` for the byte-embedding combination."""
+    shape = draw(shapes(min_rank=2, max_rank=max_rank, min_side=1, max_side=5))
+    return shape, draw(st.integers(1, 300)), draw(st.integers(1, 6))

@@ -1,0 +1,168 @@
+"""Embedding layers: TokunEmbedding (byte embeddings combined per token) and RotaryPositionalEmbedding.
+
+Shape letters: ``B`` batch, ``S`` sequence length in bytes, ``T`` bytes per
+token, ``E`` embedding size (per byte for TokunEmbedding, per feature vector
+for RoPE), ``N`` heads. Axes count the batch axis (axis 0).
+
+Both layers delegate to ``mlable_core.embedding.combine`` and
+``mlable_core.rotary.rotate``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from mlable_core import embedding, rotary, shapes
+
+
+@keras.saving.register_keras_serializable(package="mlable")
+class TokunEmbedding(keras.layers.Embedding):
+    """Embeds the ``T`` bytes of each token and concatenates their embeddings.
+
+    A ``keras.layers.Embedding`` (same arguments, same ``(input_dim, output_dim)``
+    table, same initializers, regularizers, constraints and LoRA; Keras reserves
+    ``quantize`` to the ``Embedding`` class itself)
+    whose output merges the last two axes: indices of shape ``(..., S / T, T)``
+    give ``(..., S / T, T * E)`` with
+    ``out[..., s, t * E:(t + 1) * E] = embeddings[inputs[..., s, t]]``. It equals
+    ``keras.layers.Embedding`` followed by a reshape, in one gather.
+
+    An index outside ``[0, input_dim)`` raises ``tf.errors.InvalidArgumentError``
+    (a ``tf.debugging`` assertion, eagerly and in graphs, on CPU and GPU).
+    TensorFlow's gather alone does not check on GPU (it returns zeros), and XLA
+    (``jit_compile=True``) drops the assertion: there, an out-of-range index
+    reads a clamped row (XLA's gather clamps its indices).
+
+    With ``mask_zero=True`` the mask has one value per token, shape
+    ``(..., S / T)``: a token is masked when all its ``T`` indices are 0.
+
+    Args:
+        input_dim: the vocabulary size ``V`` (256 for bytes).
+        output_dim: ``E``, the embedding size of one byte.
+        **kwargs: every other argument of ``keras.layers.Embedding``
+            (``embeddings_initializer``, ``embeddings_regularizer``,
+            ``embeddings_constraint``, ``mask_zero``, ``weights``, ``lora_rank``,
+            ``lora_alpha``, ...) and of ``keras.layers.Layer``.
+
+    Call arguments:
+        inputs: integer indices of shape ``(..., S / T, T)``, rank >= 2.
+
+    Input shape:
+        ``(..., S / T, T)``.
+
+    Output shape:
+        ``(..., S / T, T * E)``.
+
+    Example:
+        >>> layer = TokunEmbedding(input_dim=256, output_dim=128)
+        >>> layer(tf.zeros((2, 64, 16), dtype=tf.int32)).shape
+        TensorShape([2, 64, 2048])
+    """
+
+    def call(self, inputs: Any) -> tf.Tensor:
+        if inputs.dtype not in ("int32", "int64"):
+            inputs = tf.cast(inputs, "int32")
+        # casting the (V, E) table rather than the (..., T * E) output: same values, far fewer bytes
+        table = tf.cast(self.embeddings, self.compute_dtype)
+        return embedding.combine(inputs, table)
+
+    def compute_mask(self, inputs: Any, mask: Any = None) -> tf.Tensor | None:
+        if not self.mask_zero:
+            return None
+        return keras.ops.any(keras.ops.not_equal(inputs, 0), axis=-1)  # keras.ops: also runs on symbolic inputs
+
+    def compute_output_shape(self, input_shape: Any) -> tuple[int | None, ...]:
+        return embedding.combine_shape(input_shape, self.output_dim)
+
+
+@keras.saving.register_keras_serializable(package="mlable")
+class RotaryPositionalEmbedding(keras.layers.Layer):
+    """Rotary position embedding (RoPE), for any sequence and feature axes.
+
+    With ``R = E - E % 2`` rotated features and ``j < R / 2``, the feature pair
+    ``(a, b) = (j, j + R / 2)`` (or ``(2j, 2j + 1)`` when ``interleaved``) at
+    position ``p`` along ``sequence_axis`` turns by the angle
+    ``(p + offset) / scaling_factor * max_wavelength ** (-2j / R)``:
+    ``out_a = x_a cos - x_b sin``, ``out_b = x_b cos + x_a sin``. An odd last
+    feature passes through unchanged. The tables are computed in float32 and
+    cast to the compute dtype, so ``mixed_float16`` / ``mixed_bfloat16`` stay
+    accurate at long positions. See ``mlable_core.rotary.rotate``.
+
+    Args:
+        sequence_axis: the axis holding the positions.
+        feature_axis: the axis holding the features to rotate (before or after
+            ``sequence_axis``, other axes such as heads may lie in between).
+        max_wavelength: the base of the wavelengths, a finite number > 0.
+        scaling_factor: positions are divided by it, a finite number > 0.
+        interleaved: pair features ``(2j, 2j + 1)`` (RoFormer) instead of
+            ``(j, j + R / 2)`` (GPT-NeoX, Llama, keras-hub).
+        **kwargs: base ``keras.layers.Layer`` arguments (``name``, ``dtype``, ...).
+
+    Call arguments:
+        inputs: a floating tensor of rank >= 2 with a known feature dimension.
+        offset: the position of the first element along ``sequence_axis``: an
+            int, a scalar integer tensor, or one offset per row of axis 0
+            (shape ``(B,)``), e.g. the decoding step of each row. Default 0.
+
+    Input shape:
+        Any shape with distinct sequence and feature axes, e.g. ``(B, S, E)`` or ``(B, S, N, H)``.
+
+    Output shape:
+        The input shape.
+
+    Example:
+        >>> layer = RotaryPositionalEmbedding(sequence_axis=1, feature_axis=-1)
+        >>> layer(tf.ones((2, 3, 5)), offset=2).shape
+        TensorShape([2, 3, 5])
+    """
+
+    def __init__(
+        self,
+        sequence_axis: int = 1,
+        feature_axis: int = -1,
+        max_wavelength: float = 10_000,
+        scaling_factor: float = 1.0,
+        interleaved: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.sequence_axis = shapes.check_int(sequence_axis, "sequence_axis")
+        self.feature_axis = shapes.check_int(feature_axis, "feature_axis")
+        if self.sequence_axis == self.feature_axis:
+            raise ValueError(
+                "`sequence_axis` and `feature_axis` must be two different axes. "
+                f"Received: sequence_axis={sequence_axis}, feature_axis={feature_axis}"
+            )
+        rotary.check_arguments(max_wavelength, scaling_factor, interleaved)
+        # plain Python numbers, so that the config is JSON (numpy scalars are not)
+        self.max_wavelength = max_wavelength if isinstance(max_wavelength, int) else float(max_wavelength)
+        self.scaling_factor = scaling_factor if isinstance(scaling_factor, int) else float(scaling_factor)
+        self.interleaved = bool(interleaved)
+        self.built = True
+
+    def call(self, inputs: Any, offset: Any = 0) -> tf.Tensor:
+        return rotary.rotate(
+            inputs, self.sequence_axis, self.feature_axis, offset, self.max_wavelength, self.scaling_factor, self.interleaved
+        )
+
+    def compute_output_shape(self, input_shape: Any) -> tuple[int | None, ...]:
+        shape = shapes.normalize_shape(input_shape)
+        rotary.rotation_axes(shape, self.sequence_axis, self.feature_axis)
+        return shape
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            sequence_axis=self.sequence_axis,
+            feature_axis=self.feature_axis,
+            max_wavelength=self.max_wavelength,
+            scaling_factor=self.scaling_factor,
+            interleaved=self.interleaved,
+        )
+        return config
+
+
+__all__ = ["RotaryPositionalEmbedding", "TokunEmbedding"]
