@@ -50,8 +50,8 @@ class Settings:
     max_new_tokens: int
 
 
-FULL = Settings(characters=400_000, num_tokens=64, token_size=16, embed_dim=16, num_layers=2, num_heads=4, hidden_dim=512, epochs=6, batch_size=32, learning_rate=2e-3, max_new_tokens=32)
-QUICK = Settings(characters=40_000, num_tokens=32, token_size=16, embed_dim=8, num_layers=1, num_heads=2, hidden_dim=256, epochs=1, batch_size=32, learning_rate=3e-3, max_new_tokens=8)
+FULL = Settings(characters=300_000, num_tokens=64, token_size=8, embed_dim=32, num_layers=2, num_heads=4, hidden_dim=512, epochs=3, batch_size=16, learning_rate=1e-3, max_new_tokens=32)
+QUICK = Settings(characters=40_000, num_tokens=32, token_size=8, embed_dim=16, num_layers=1, num_heads=2, hidden_dim=256, epochs=1, batch_size=16, learning_rate=2e-3, max_new_tokens=8)
 
 
 @dataclass
@@ -98,7 +98,7 @@ def build_model(settings: Settings) -> ByteDecoder:
         hidden_dim=settings.hidden_dim,
     )
     model.compile(
-        optimizer=keras.optimizers.Adam(settings.learning_rate),
+        optimizer=keras.optimizers.AdamW(settings.learning_rate, weight_decay=0.01, clipnorm=1.0),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[
             metrics.SparseCategoricalGroupAccuracy(group=1, name="byte_accuracy"),
