@@ -34,19 +34,12 @@ import tensorflow as tf
 from mlable_core import reshaping, shapes
 
 
-def _format_shape(shape: tf.TensorShape) -> str:
-    if shape.rank is None:
-        return "<unknown rank>"
-    dims = shape.as_list()
-    return "(" + ", ".join(str(dim) for dim in dims) + ("," if len(dims) == 1 else "") + ")"
-
-
 def _known_rank(x: tf.Tensor, name: str, minimum: int = 1) -> int:
     rank = x.shape.rank
     if rank is None:
         raise ValueError(f"The rank of `{name}` must be known. Received: {name} with shape {x.shape}")
     if rank < minimum:
-        raise ValueError(f"`{name}` must have rank >= {minimum}. Received: {name}.shape={_format_shape(x.shape)}")
+        raise ValueError(f"`{name}` must have rank >= {minimum}. Received: {name}.shape={shapes.format_shape(x.shape)}")
     return rank
 
 
@@ -103,7 +96,7 @@ def _check_same_shape(y_true: tf.Tensor, y_pred: tf.Tensor, true_shape: tf.Tenso
     expected = y_pred.shape if true_shape is None else true_shape
     message = (
         f"`y_true` and `y_pred` must have the same shape{'' if true_shape is None else ' (up to the class axis of y_pred)'}. "
-        f"Received: y_true.shape={_format_shape(y_true.shape)}, y_pred.shape={_format_shape(y_pred.shape)}"
+        f"Received: y_true.shape={shapes.format_shape(y_true.shape)}, y_pred.shape={shapes.format_shape(y_pred.shape)}"
     )
     if y_true.shape.rank != expected.rank or not y_true.shape.is_compatible_with(expected):
         raise ValueError(message)
@@ -132,7 +125,7 @@ def _group_reduce(x: tf.Tensor, group: int, axis: int, repeat: bool, reduce: str
         return x
     checks = _check_divides(
         x, axis, group,
-        f"`group` must divide axis {axis} of size {{size}}. Received: group={group}, shape={_format_shape(x.shape)}",
+        f"`group` must divide axis {axis} of size {{size}}. Received: group={group}, shape={shapes.format_shape(x.shape)}",
     )
     with tf.control_dependencies(checks):
         dims = reshaping.dynamic_dims(x)
@@ -252,7 +245,7 @@ def decode_binary(y: tf.Tensor, depth: int = 8, threshold: float = 0.5, axis: in
     checks = _check_divides(
         y, axis, depth,
         f"`depth` must divide axis {axis} of size {{size}} (the bits of the values). "
-        f"Received: depth={depth}, y.shape={_format_shape(y.shape)}",
+        f"Received: depth={depth}, y.shape={shapes.format_shape(y.shape)}",
     )
     dtype = tf.int32 if depth <= 31 else tf.int64
     with tf.control_dependencies(checks):
@@ -336,7 +329,7 @@ def categorical_group_accuracy(
     matches = tf.equal(decode_categorical(y_true), decode_categorical(y_pred))  # (..., K)
     message = (
         f"`group` must divide the number of values along axis {axis} ({{size}}). Received: group={group}, "
-        f"y_true.shape={_format_shape(y_true.shape)}, y_pred.shape={_format_shape(y_pred.shape)}"
+        f"y_true.shape={shapes.format_shape(y_true.shape)}, y_pred.shape={shapes.format_shape(y_pred.shape)}"
     )
     grouped = _grouped_matches(matches, group, axis, message, checks)
     return tf.cast(grouped, dtype)  # (..., K / G)
@@ -388,7 +381,7 @@ def sparse_categorical_group_accuracy(
         matches = tf.equal(tf.cast(y_true, tf.int64), tf.cast(predicted, tf.int64))
     message = (
         f"`group` must divide the number of values along axis {axis} ({{size}}). Received: group={group}, "
-        f"y_true.shape={_format_shape(y_true.shape)}, y_pred.shape={_format_shape(y_pred.shape)}"
+        f"y_true.shape={shapes.format_shape(y_true.shape)}, y_pred.shape={shapes.format_shape(y_pred.shape)}"
     )
     grouped = _grouped_matches(matches, group, axis, message, checks)
     return tf.cast(grouped, dtype)  # (..., K / G)
@@ -441,7 +434,7 @@ def binary_group_accuracy(
     threshold = check_real(threshold, "threshold")
     checks = _check_same_shape(y_true, y_pred)
     axis = shapes.normalize_axis(axis, rank, "axis", tuple(y_pred.shape.as_list()))
-    text = f"y_true.shape={_format_shape(y_true.shape)}, y_pred.shape={_format_shape(y_pred.shape)}"
+    text = f"y_true.shape={shapes.format_shape(y_true.shape)}, y_pred.shape={shapes.format_shape(y_pred.shape)}"
     checks = checks + _check_divides(
         y_pred, axis, depth, f"`depth` must divide axis {axis} of size {{size}} (the bits). Received: depth={depth}, {text}"
     )
@@ -496,7 +489,7 @@ def raw_group_accuracy(
     matches = tf.equal(true_values, pred_values)  # (..., K, ...)
     message = (
         f"`group` must divide the number of values along axis {axis} ({{size}}). Received: group={group}, "
-        f"y_true.shape={_format_shape(y_true.shape)}, y_pred.shape={_format_shape(y_pred.shape)}"
+        f"y_true.shape={shapes.format_shape(y_true.shape)}, y_pred.shape={shapes.format_shape(y_pred.shape)}"
     )
     grouped = _grouped_matches(matches, group, axis, message, checks)
     return tf.cast(grouped, dtype)  # (..., K / G, ...)
@@ -532,8 +525,8 @@ def broadcast_weights(weights: tf.Tensor, values: tf.Tensor, name: str = "sample
         weights = tf.squeeze(weights, axis=-1)
         weight_rank = rank
     message = (
-        f"`{name}` must broadcast to the group-level shape {_format_shape(values.shape)}, aligned on the leading "
-        f"axes (one weight per row, or per group). Received: {name}.shape={_format_shape(weights.shape)}"
+        f"`{name}` must broadcast to the group-level shape {shapes.format_shape(values.shape)}, aligned on the leading "
+        f"axes (one weight per row, or per group). Received: {name}.shape={shapes.format_shape(weights.shape)}"
     )
     if weight_rank > rank:
         raise ValueError(message)
@@ -581,7 +574,7 @@ def group_mask(mask: tf.Tensor, values: tf.Tensor, axis: int = -1) -> tf.Tensor:
         if mask_size is not None and groups is not None and (groups == 0 or mask_size % groups):
             raise ValueError(
                 f"A mask must hold a whole number of entries per group along axis {axis}. Received: "
-                f"mask.shape={_format_shape(mask.shape)}, group-level shape={_format_shape(values.shape)}"
+                f"mask.shape={shapes.format_shape(mask.shape)}, group-level shape={shapes.format_shape(values.shape)}"
             )
         if mask.dtype != tf.bool:
             mask = tf.not_equal(mask, tf.zeros((), mask.dtype))

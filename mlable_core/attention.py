@@ -100,13 +100,9 @@ def in_xla_context() -> bool:
     return bool(control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph()))
 
 
-def _shape_text(shape: Sequence[int | None]) -> str:
-    return "(" + ", ".join(str(dim) for dim in shape) + ("," if len(shape) == 1 else "") + ")"
-
-
 def _static(x: tf.Tensor, name: str, rank: int, letters: str) -> tuple[int | None, ...]:
     if x.shape.rank != rank:
-        shape = "<unknown rank>" if x.shape.rank is None else _shape_text(x.shape.as_list())
+        shape = "<unknown rank>" if x.shape.rank is None else shapes.format_shape(x.shape.as_list())
         raise ValueError(f"`{name}` must have rank {rank}, shape {letters}. Received: {name} with shape {shape}")
     return tuple(x.shape.as_list())
 
@@ -130,7 +126,7 @@ def _normalize_step(step: int | tf.Tensor) -> tuple[tf.Tensor, int | None]:
         if not step.dtype.is_integer:
             raise TypeError(f"`step` must be an integer scalar. Received: step with dtype {step.dtype.name}")
         if step.shape.rank not in (None, 0):
-            raise ValueError(f"`step` must be a scalar. Received: step with shape {_shape_text(step.shape.as_list())}")
+            raise ValueError(f"`step` must be a scalar. Received: step with shape {shapes.format_shape(step.shape.as_list())}")
         value = int(step.numpy()) if tf.executing_eagerly() else tf.get_static_value(step)
         return tf.cast(tf.reshape(step, ()), tf.int32), None if value is None else int(value)
     value = shapes.check_int(step, "step")
@@ -138,7 +134,7 @@ def _normalize_step(step: int | tf.Tensor) -> tuple[tf.Tensor, int | None]:
 
 
 def _overflow_message(cache_shape: Sequence[int | None], values: tuple[int, int, int] | None = None) -> str:
-    head = f"The new positions must fit in the cache: 0 <= step and step + F <= T, for a cache of shape {_shape_text(cache_shape)}. "
+    head = f"The new positions must fit in the cache: 0 <= step and step + F <= T, for a cache of shape {shapes.format_shape(cache_shape)}. "
     if values is None:
         return head + "Received at run time: step, F new positions, T slots ="
     step, new, slots = values
@@ -215,9 +211,9 @@ def _check_cache_and_update(cache: tf.Tensor, key: tf.Tensor, value: tf.Tensor) 
     _check_float(cache, "cache")
     if cache_shape[0] not in (None, 2):
         raise ValueError(
-            f"`cache` must stack keys and values on axis 0, shape (2, B, T, N, H). Received: cache with shape {_shape_text(cache_shape)}"
+            f"`cache` must stack keys and values on axis 0, shape (2, B, T, N, H). Received: cache with shape {shapes.format_shape(cache_shape)}"
         )
-    text = f"cache {_shape_text(cache_shape)}, key {_shape_text(key_shape)}, value {_shape_text(value_shape)}"
+    text = f"cache {shapes.format_shape(cache_shape)}, key {shapes.format_shape(key_shape)}, value {shapes.format_shape(value_shape)}"
     if key_shape != value_shape and any(
         k is not None and v is not None and k != v for k, v in zip(key_shape, value_shape)
     ):
@@ -358,7 +354,7 @@ def _user_mask(mask: tf.Tensor, query_length: int | tf.Tensor, key_length: int |
     if bad_queries or bad_keys:
         raise ValueError(
             f"`attention_mask` must have shape (B, F, S) with F={queries} query positions (or 1) and "
-            f"S={keys} key slots. Received: attention_mask with shape {_shape_text(static)}"
+            f"S={keys} key slots. Received: attention_mask with shape {shapes.format_shape(static)}"
         )
     return mask if mask.dtype == tf.bool else tf.not_equal(mask, tf.zeros((), mask.dtype))
 
@@ -449,7 +445,7 @@ def _check_qkv(query: tf.Tensor, key: tf.Tensor, value: tf.Tensor) -> None:
     query_shape = _static(query, "query", 4, "(B, F, N, H)")
     key_shape = _static(key, "key", 4, "(B, S, N, H)")
     value_shape = _static(value, "value", 4, "(B, S, N, H)")
-    text = f"query {_shape_text(query_shape)}, key {_shape_text(key_shape)}, value {_shape_text(value_shape)}"
+    text = f"query {shapes.format_shape(query_shape)}, key {shapes.format_shape(key_shape)}, value {shapes.format_shape(value_shape)}"
     for tensor, name in ((query, "query"), (key, "key"), (value, "value")):
         _check_float(tensor, name)
         if tensor.dtype != query.dtype:
@@ -609,7 +605,7 @@ def cached_attention(
     if query_shape[1] is not None and key_shape[1] is not None and query_shape[1] != key_shape[1]:
         raise ValueError(
             "With a cache, `query`, `key` and `value` must cover the same F new positions. "
-            f"Received: query with shape {_shape_text(query_shape)}, key with shape {_shape_text(key_shape)}"
+            f"Received: query with shape {shapes.format_shape(query_shape)}, key with shape {shapes.format_shape(key_shape)}"
         )
     scale = _scale(query, scale)
     xla = in_xla_context()

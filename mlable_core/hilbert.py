@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from mlable_core import shapes
-from mlable_core.reshaping import dynamic_dims
+from mlable_core.reshaping import dynamic_dims, reshape_target
 
 # 2 ** 30 points already take 4 GiB per permutation; indices must also fit int32
 MAX_BITS = 30
@@ -201,10 +201,6 @@ def unfold_permutation(order: int, rank: int) -> np.ndarray:
     return _read_only(np.ravel_multi_index(tuple(coords.T), (side,) * rank).astype(np.int32))
 
 
-def _format(shape: Sequence[int | None]) -> str:
-    return "(" + ", ".join(str(dim) for dim in shape) + ("," if len(shape) == 1 else "") + ")"
-
-
 def fold_shape(shape: Sequence[int | None], order: int, rank: int, axis: int = -1) -> shapes.Shape:
     """Shape after ``fold``: ``axis`` (of length ``L``) replaced by ``rank`` axes of side ``D``.
 
@@ -222,7 +218,7 @@ def fold_shape(shape: Sequence[int | None], order: int, rank: int, axis: int = -
     if shape[position] is not None and shape[position] != length:
         raise ValueError(
             f"Axis {position} of `x` must have length 2 ** (order * rank) = {length} to be folded. "
-            f"Received: order={order}, rank={rank}, axis={axis}, shape={_format(shape)}"
+            f"Received: order={order}, rank={rank}, axis={axis}, shape={shapes.format_shape(shape)}"
         )
     return shape[:position] + (1 << order,) * rank + shape[position + 1 :]
 
@@ -230,7 +226,7 @@ def fold_shape(shape: Sequence[int | None], order: int, rank: int, axis: int = -
 def _unfold_axes(shape: shapes.Shape, rank: int, axes: Sequence[int] | None) -> tuple[int, ...]:
     if axes is None:
         if len(shape) < rank:
-            raise ValueError(f"`x` must have at least rank={rank} axes to unfold. Received: shape={_format(shape)}")
+            raise ValueError(f"`x` must have at least rank={rank} axes to unfold. Received: shape={shapes.format_shape(shape)}")
         return tuple(range(len(shape) - rank, len(shape)))
     if isinstance(axes, (str, bytes)) or not isinstance(axes, Sequence):
         raise TypeError(f"`axes` must be a sequence of {rank} ints. Received: axes={axes!r}")
@@ -238,7 +234,7 @@ def _unfold_axes(shape: shapes.Shape, rank: int, axes: Sequence[int] | None) -> 
         raise ValueError(f"`axes` must list rank={rank} axes, one per coordinate. Received: axes={tuple(axes)}")
     normalized = tuple(shapes.normalize_axis(item, len(shape), "axes", shape) for item in axes)
     if len(set(normalized)) != rank:
-        raise ValueError(f"`axes` must be distinct axes. Received: axes={tuple(axes)}, shape={_format(shape)}")
+        raise ValueError(f"`axes` must be distinct axes. Received: axes={tuple(axes)}, shape={shapes.format_shape(shape)}")
     return normalized
 
 
@@ -272,7 +268,7 @@ def unfold_shape(
         if shape[item] is not None and shape[item] != side:
             raise ValueError(
                 f"Axis {item} of `x` must have length 2 ** order = {side} to be unfolded. "
-                f"Received: order={order}, rank={rank}, axes={tuple(grid_axes)}, shape={_format(shape)}"
+                f"Received: order={order}, rank={rank}, axes={tuple(grid_axes)}, shape={shapes.format_shape(shape)}"
             )
     order_x, position = _unfold_plan(len(shape), grid_axes)
     moved = [shape[item] for item in order_x]
@@ -285,12 +281,6 @@ def _length_checks(dims: list[int | tf.Tensor], axes: Sequence[int], expected: i
         if not isinstance(dims[item], int):
             checks.append(tf.debugging.Assert(tf.equal(dims[item], expected), [message, dims[item]]))
     return checks
-
-
-def _target(dims: Sequence[int | tf.Tensor]) -> list[int] | tf.Tensor:
-    if all(isinstance(dim, int) for dim in dims):
-        return list(dims)  # type: ignore[arg-type]
-    return tf.stack([tf.cast(dim, tf.int32) for dim in dims])
 
 
 def fold(x: tf.Tensor, order: int, rank: int, axis: int = -1) -> tf.Tensor:
@@ -338,10 +328,10 @@ def fold(x: tf.Tensor, order: int, rank: int, axis: int = -1) -> tf.Tensor:
     with tf.control_dependencies(checks):
         if checks:
             dims[position] = length
-            x = tf.reshape(x, _target(dims))  # pins the length, so that XLA rejects a wrong one
+            x = tf.reshape(x, reshape_target(dims))  # pins the length, so that XLA rejects a wrong one
         permutation = tf.constant(fold_permutation(order, rank))
         gathered = tf.gather(x, permutation, axis=position)
-        folded = tf.reshape(gathered, _target(dims[:position] + [1 << order] * rank + dims[position + 1 :]))  # (..., D, ..., D, ...)
+        folded = tf.reshape(gathered, reshape_target(dims[:position] + [1 << order] * rank + dims[position + 1 :]))  # (..., D, ..., D, ...)
     # the reshape already knows a fully static shape: no EnsureShape op then
     return folded if folded.shape.is_fully_defined() else tf.ensure_shape(folded, output_static)
 
@@ -390,7 +380,7 @@ def unfold(x: tf.Tensor, order: int, rank: int, axes: Sequence[int] | None = Non
             x = tf.transpose(x, transpose)
         moved = [dims[item] for item in transpose]
         flat = moved[:position] + [1 << (order * rank)] + moved[position + rank :]
-        x = tf.reshape(x, _target(flat))  # (..., L, ...), fails (even under XLA) on a wrong side
+        x = tf.reshape(x, reshape_target(flat))  # (..., L, ...), fails (even under XLA) on a wrong side
         permutation = tf.constant(unfold_permutation(order, rank))
         unfolded = tf.gather(x, permutation, axis=position)
     return unfolded if unfolded.shape.is_fully_defined() else tf.ensure_shape(unfolded, output_static)

@@ -35,8 +35,8 @@ def dynamic_dims(x: tf.Tensor) -> list[int | tf.Tensor]:
     return [runtime[axis] if dim is None else dim for axis, dim in enumerate(static)]
 
 
-def _target(dims: Sequence[int | tf.Tensor]) -> list[int] | tf.Tensor:
-    """A reshape target: a Python list when every dim is static, a stacked tensor otherwise."""
+def reshape_target(dims: Sequence[int | tf.Tensor]) -> list[int] | tf.Tensor:
+    """A reshape target: a Python list when every dim is static, a stacked int32 tensor otherwise."""
     if all(isinstance(dim, int) for dim in dims):
         return list(dims)  # type: ignore[arg-type]
     return tf.stack([tf.cast(dim, tf.int32) for dim in dims])
@@ -113,9 +113,9 @@ def divide(x: tf.Tensor, input_axis: int, output_axis: int, factor: int, insert:
         output_dims[axis_in] = part
         output_dims[axis_out] = dims[axis_out] * factor
         if shapes.is_identity(order):
-            result = tf.reshape(x, _target(output_dims))
+            result = tf.reshape(x, reshape_target(output_dims))
         else:
-            result = tf.reshape(tf.transpose(tf.reshape(x, _target(split)), order), _target(output_dims))
+            result = tf.reshape(tf.transpose(tf.reshape(x, reshape_target(split)), order), reshape_target(output_dims))
     return tf.ensure_shape(result, output_static)
 
 
@@ -156,7 +156,7 @@ def merge(x: tf.Tensor, left_axis: int, right_axis: int, left: bool = True) -> t
     output_dims[position : position + 2] = [dims[axis_l] * dims[axis_r]]
     if not shapes.is_identity(order):
         x = tf.transpose(x, order)
-    return tf.ensure_shape(tf.reshape(x, _target(output_dims)), output_static)
+    return tf.ensure_shape(tf.reshape(x, reshape_target(output_dims)), output_static)
 
 
 def swap(x: tf.Tensor, left_axis: int, right_axis: int) -> tf.Tensor:
@@ -205,4 +205,4 @@ def move(x: tf.Tensor, from_axis: int, to_axis: int) -> tf.Tensor:
     return x if shapes.is_identity(order) else tf.transpose(x, order)
 
 
-__all__ = ["divide", "dynamic_dims", "merge", "move", "swap"]
+__all__ = ["divide", "dynamic_dims", "merge", "move", "reshape_target", "swap"]

@@ -17,8 +17,14 @@ from collections.abc import Sequence
 Shape = tuple[int | None, ...]
 
 
-def _format_shape(shape: Sequence[int | None]) -> str:
-    return "(" + ", ".join(str(dim) for dim in shape) + ("," if len(shape) == 1 else "") + ")"
+def format_shape(shape: Sequence[int | None] | object) -> str:
+    """A shape as in error messages: ``(2, None, 8)``; accepts ``tf.TensorShape`` (``<unknown rank>``)."""
+    if hasattr(shape, "as_list"):
+        if getattr(shape, "rank", 0) is None:
+            return "<unknown rank>"
+        shape = shape.as_list()
+    dims = tuple(shape)  # type: ignore[arg-type]
+    return "(" + ", ".join(str(dim) for dim in dims) + ("," if len(dims) == 1 else "") + ")"
 
 
 def check_int(value: object, name: str, minimum: int | None = None) -> int:
@@ -64,7 +70,7 @@ def normalize_shape(shape: Sequence[int | None] | object) -> Shape:
             continue
         dim = check_int(dim, "shape")
         if dim < 0:
-            raise ValueError(f"Dimensions must be >= 0 or None. Received: shape={_format_shape(tuple(shape))}")  # type: ignore[arg-type]
+            raise ValueError(f"Dimensions must be >= 0 or None. Received: shape={format_shape(tuple(shape))}")  # type: ignore[arg-type]
         result.append(dim)
     return tuple(result)
 
@@ -87,7 +93,7 @@ def normalize_axis(axis: int, rank: int, name: str = "axis", shape: Sequence[int
     """
     axis = check_int(axis, name)
     if not -rank <= axis < rank:
-        where = f"shape={_format_shape(shape)}" if shape is not None else f"rank={rank}"
+        where = f"shape={format_shape(shape)}" if shape is not None else f"rank={rank}"
         raise ValueError(f"`{name}` must be in [{-rank}, {rank}). Received: {name}={axis}, {where}")
     return axis % rank
 
@@ -96,7 +102,7 @@ def _check_distinct(first: int, second: int, names: tuple[str, str], values: tup
     if first == second:
         raise ValueError(
             f"`{names[0]}` and `{names[1]}` must be two different axes. "
-            f"Received: {names[0]}={values[0]}, {names[1]}={values[1]}, shape={_format_shape(shape)}"
+            f"Received: {names[0]}={values[0]}, {names[1]}={values[1]}, shape={format_shape(shape)}"
         )
 
 
@@ -158,7 +164,7 @@ def divide_shape(
     if dim is not None and dim % factor:
         raise ValueError(
             f"`factor` must divide axis {axis_in} of size {dim}. "
-            f"Received: factor={factor}, shape={_format_shape(shape)}"
+            f"Received: factor={factor}, shape={format_shape(shape)}"
         )
     result = list(shape)
     result[axis_in] = None if dim is None else dim // factor
@@ -289,6 +295,7 @@ __all__ = [
     "divide_axes",
     "divide_plan",
     "divide_shape",
+    "format_shape",
     "is_identity",
     "merge_axes",
     "merge_plan",

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from mlable_core import shapes
-from mlable_core.reshaping import dynamic_dims
+from mlable_core.reshaping import dynamic_dims, reshape_target
 
 ERRORS = ("strict", "replace", "ignore")
 REPLACEMENT = 0xFFFD
@@ -36,12 +36,6 @@ def _check_errors(errors: object) -> str:
     if errors not in ERRORS:
         raise ValueError(f"`errors` must be one of {ERRORS}. Received: errors={errors!r}")
     return str(errors)
-
-
-def _target(dims: list[int | tf.Tensor]) -> list[int] | tf.Tensor:
-    if all(isinstance(dim, int) for dim in dims):
-        return list(dims)  # type: ignore[arg-type]
-    return tf.stack([tf.cast(dim, tf.int32) for dim in dims])
 
 
 def _as_strings(texts: Any) -> tf.Tensor:
@@ -97,7 +91,7 @@ def encode(texts: Any, size: int, errors: str = "replace") -> tf.Tensor:
     shifts = tf.constant([24, 16, 8, 0], dtype=tf.int32)
     data = tf.bitwise.bitwise_and(tf.bitwise.right_shift(codes[..., None], shifts), 0xFF)  # (B, S, 4)
     leading = dynamic_dims(texts)
-    return tf.cast(tf.reshape(data, _target(leading + [4 * size])), tf.uint8)  # (B, 4S)
+    return tf.cast(tf.reshape(data, reshape_target(leading + [4 * size])), tf.uint8)  # (B, 4S)
 
 
 def _check_bytes(data: Any, name: str) -> tf.Tensor:
@@ -122,7 +116,7 @@ def _group_checks(dim: int | tf.Tensor, group: int, name: str, axis: int, shape:
 def _code_points(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """``(..., 4S)`` bytes -> ``(..., S)`` int64 code points and whether each group of 4 is valid."""
     dims = dynamic_dims(data)
-    groups = tf.reshape(tf.cast(data, tf.int64), _target(dims[:-1] + [dims[-1] // 4, 4]))  # (B, S, 4)
+    groups = tf.reshape(tf.cast(data, tf.int64), reshape_target(dims[:-1] + [dims[-1] // 4, 4]))  # (B, S, 4)
     in_range = tf.reduce_all((groups >= 0) & (groups <= 0xFF), axis=-1)
     weights = tf.constant([1 << 24, 1 << 16, 1 << 8, 1], dtype=tf.int64)
     codes = tf.reduce_sum(groups * weights, axis=-1)  # (B, S)
@@ -200,14 +194,14 @@ def decode(data: Any, errors: str = "replace") -> tf.Tensor:
     count = dims[-1] // 4
     codes = tf.where(valid, codes, tf.constant(REPLACEMENT, tf.int64))
     flat = [-1, count]
-    codes = tf.reshape(tf.cast(codes, tf.int32), _target(flat))  # (B, S) with B flattened
-    valid = tf.reshape(valid, _target(flat))
+    codes = tf.reshape(tf.cast(codes, tf.int32), reshape_target(flat))  # (B, S) with B flattened
+    valid = tf.reshape(valid, reshape_target(flat))
     lengths = tf.reshape(lengths, [-1])
     ragged = tf.RaggedTensor.from_tensor(codes, lengths=lengths)  # (B, None)
     if errors == "ignore":
         ragged = tf.ragged.boolean_mask(ragged, tf.RaggedTensor.from_tensor(valid, lengths=lengths))
     strings = tf.strings.unicode_encode(ragged, "UTF-8")  # (B,)
-    return tf.reshape(strings, _target(leading))
+    return tf.reshape(strings, reshape_target(leading))
 
 
 def _axis_split(data: tf.Tensor, axis: int, group: int, name: str) -> tuple[list[int | tf.Tensor], int, list[tf.Operation]]:
@@ -249,7 +243,7 @@ def trim(data: Any, axis: int = -1) -> tf.Tensor:
     dims, position, checks = _axis_split(data, axis, 4, "data")
     with tf.control_dependencies(checks):
         count = dims[position] // 4
-        groups = tf.reshape(data, _target(dims[:position] + [count, 4] + dims[position + 1 :]))  # (B, S, 4)
+        groups = tf.reshape(data, reshape_target(dims[:position] + [count, 4] + dims[position + 1 :]))  # (B, S, 4)
         index = [slice(None)] * (position + 1) + [slice(0, 1)]
         if data.dtype.is_integer:
             message = (
@@ -265,7 +259,7 @@ def trim(data: Any, axis: int = -1) -> tf.Tensor:
         index[-1] = slice(1, 4)
     with tf.control_dependencies(checks):
         kept = groups[tuple(index)]  # (B, S, 3)
-        return tf.reshape(kept, _target(dims[:position] + [3 * count] + dims[position + 1 :]))  # (B, 3S)
+        return tf.reshape(kept, reshape_target(dims[:position] + [3 * count] + dims[position + 1 :]))  # (B, 3S)
 
 
 def untrim(data: Any, axis: int = -1) -> tf.Tensor:
@@ -295,10 +289,10 @@ def untrim(data: Any, axis: int = -1) -> tf.Tensor:
     dims, position, checks = _axis_split(data, axis, 3, "data")
     with tf.control_dependencies(checks):
         count = dims[position] // 3
-        groups = tf.reshape(data, _target(dims[:position] + [count, 3] + dims[position + 1 :]))  # (B, S, 3)
+        groups = tf.reshape(data, reshape_target(dims[:position] + [count, 3] + dims[position + 1 :]))  # (B, S, 3)
         padding = [[0, 0]] * (position + 1) + [[1, 0]] + [[0, 0]] * (len(dims) - position - 1)
         full = tf.pad(groups, padding)  # (B, S, 4)
-        return tf.reshape(full, _target(dims[:position] + [4 * count] + dims[position + 1 :]))  # (B, 4S)
+        return tf.reshape(full, reshape_target(dims[:position] + [4 * count] + dims[position + 1 :]))  # (B, 4S)
 
 
 __all__ = ["decode", "encode", "trim", "untrim"]

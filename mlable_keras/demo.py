@@ -27,7 +27,6 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from mlable_keras import corpus, metrics
 from mlable_keras.models.byte_decoder import ByteDecoder, decode_tokens, encode_tokens
@@ -50,7 +49,7 @@ class Settings:
     max_new_tokens: int
 
 
-FULL = Settings(characters=300_000, num_tokens=64, token_size=8, embed_dim=32, num_layers=2, num_heads=4, hidden_dim=512, epochs=3, batch_size=16, learning_rate=1e-3, max_new_tokens=32)
+FULL = Settings(characters=240_000, num_tokens=64, token_size=8, embed_dim=32, num_layers=2, num_heads=4, hidden_dim=512, epochs=4, batch_size=16, learning_rate=1e-3, max_new_tokens=32)
 QUICK = Settings(characters=40_000, num_tokens=32, token_size=8, embed_dim=16, num_layers=1, num_heads=2, hidden_dim=256, epochs=1, batch_size=16, learning_rate=2e-3, max_new_tokens=8)
 
 
@@ -124,6 +123,7 @@ def _tokens_per_second(function: Any, count: int, repeats: int = 3) -> float:
 def _plot(history: dict[str, list[float]], path: str) -> str | None:
     try:
         import matplotlib
+        import matplotlib.ticker
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -136,6 +136,7 @@ def _plot(history: dict[str, list[float]], path: str) -> str | None:
     left.set(title="loss", xlabel="epoch")
     right.set(title="accuracy", xlabel="epoch", ylim=(0, 1))
     for axis in (left, right):
+        axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         axis.legend(fontsize=7)
         axis.grid(alpha=0.3)
     figure.tight_layout()

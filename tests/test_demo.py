@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -116,3 +115,19 @@ MODEL_ERRORS = [
 def test_model_errors(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+def test_readme_demo_section_example_runs():
+    import re
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+    with open(path, encoding="utf-8") as handle:
+        section = handle.read().split("## The demo: a byte-level language model", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    namespace: dict = {}
+    exec(block, namespace)  # noqa: S102 - the README's own lines
+    tokens, lengths = namespace["tokens"], namespace["lengths"]
+    assert tokens.shape == (1, 22, 8)
+    assert 1 <= int(lengths[0]) <= 16
+    np.testing.assert_array_equal(tokens[:, :6].numpy(), namespace["prompt"].numpy())
+    assert namespace["text"][0].startswith("Hello, world")

@@ -20,11 +20,6 @@ from keras.src import backend as keras_backend  # Keras-mask helpers, as the par
 from mlable_core import attention, shapes
 
 
-def _format_shape(shape: Any) -> str:
-    dims = tuple(shape)
-    return "(" + ", ".join(str(dim) for dim in dims) + ("," if len(dims) == 1 else "") + ")"
-
-
 @keras.saving.register_keras_serializable(package="mlable")
 class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
     """``keras.layers.MultiHeadAttention`` with an exact key/value cache for decoding.
@@ -190,8 +185,8 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
         if not self._serves_with_core(query, value, key):
             raise ValueError(
                 "A cache needs 3D inputs (B, F, E) attending over axis 1. "
-                f"Received: query shape {_format_shape(query.shape)}, value shape {_format_shape(value.shape)}, "
-                f"key shape {_format_shape(key.shape)}, attention_axes={self._attention_axes}"
+                f"Received: query shape {shapes.format_shape(query.shape)}, value shape {shapes.format_shape(value.shape)}, "
+                f"key shape {shapes.format_shape(key.shape)}, attention_axes={self._attention_axes}"
             )
         if self._value_dim != self._key_dim:
             raise ValueError(
@@ -208,7 +203,7 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
         if len(cache_shape) != 5 or any(e is not None and d is not None and d != e for d, e in zip(cache_shape, expected)):
             raise ValueError(
                 f"`cache` must have shape (2, B, T, N={self._num_heads}, H={self._key_dim}). "
-                f"Received: cache with shape {_format_shape(cache_shape)}"
+                f"Received: cache with shape {shapes.format_shape(cache_shape)}"
             )
 
     def compute_output_shape(
@@ -316,7 +311,7 @@ class FeedForwardGate(keras.layers.Layer):
         input_shape = tuple(input_shape)
         if len(input_shape) < 2 or input_shape[-1] is None:
             raise ValueError(
-                f"FeedForwardGate needs inputs of rank >= 2 with a known last dimension. Received: input shape {_format_shape(input_shape)}"
+                f"FeedForwardGate needs inputs of rank >= 2 with a known last dimension. Received: input shape {shapes.format_shape(input_shape)}"
             )
         self._gate.build(input_shape)
         self._linear.build(input_shape)
