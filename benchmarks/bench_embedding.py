@@ -50,7 +50,7 @@ def _loop(embed: object, indices: tf.Tensor, output_shape: tuple[int, ...], step
 def run(quick: bool = False) -> list[timing.Row]:
     tiny = timing.tiny()  # smoke tests (MLABLE_BENCH_TINY=1): tiny shapes, one repeat
     rows: list[timing.Row] = []
-    repeats = 1 if tiny else (6 if quick else 15)
+    repeats = 1 if tiny else (4 if quick else 15)
     steps = 1 if tiny else STEPS
     shape = TINY_SHAPE if tiny else SHAPE
     indices = tf.random.uniform(shape, 0, VOCABULARY, dtype=tf.int32)

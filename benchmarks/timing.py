@@ -237,14 +237,14 @@ def markdown_table(rows: list[Row]) -> str:
         return "" if value is None else f"{value:.{digits}g}"
 
     lines = [
-        "| benchmark | op | shape | dtype | mode | ours (ms) | alternative | alt. (ms) | ours / alt. | goal | share of copy bw | share of matmul |",
-        "|---|---|---|---|---|---:|---|---:|---:|---|---:|---:|",
+        "| benchmark | op | shape | dtype | mode | ours (ms) | alternative | alt. (ms) | ours / alt. | goal | share of copy bw | share of matmul | note |",
+        "|---|---|---|---|---|---:|---|---:|---:|---|---:|---:|---|",
     ]
     for item in rows:
         lines.append(
             f"| {item.benchmark} | {item.op} | {item.shape} | {item.dtype} | {item.mode} | {fmt(item.ours_ms)} | "
             f"{item.reference} | {fmt(item.reference_ms)} | {fmt(item.ratio)} | {item.goal} | "
             f"{'' if item.bandwidth_share is None else f'{item.bandwidth_share:.0%}'} | "
-            f"{'' if item.flops_share is None else f'{item.flops_share:.0%}'} |"
+            f"{'' if item.flops_share is None else f'{item.flops_share:.0%}'} | {item.note} |"
         )
     return "\n".join(lines)
