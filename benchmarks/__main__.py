@@ -69,7 +69,7 @@ def plot(rows: list[dict[str, Any]], machine: dict[str, Any], path: str) -> str 
         # the per-call rows of both modes share one keras-hub reference: draw it once
         if reference and reference[0] not in references_drawn and all(p[2] is not None for p in points):
             references_drawn.add(reference[0])
-            left.plot([p[0] for p in points], [p[2] for p in points], marker="x", linestyle="--", color=line.get_color(), label=reference[0])
+            left.plot([p[0] for p in points], [p[2] for p in points], marker="x", linestyle="--", color=line.get_color(), label=reference[0] if "(" in reference[0] else f"{reference[0]}, {mode}")
     left.set(title="one cached attention step (decode latency)", xlabel="filled cache slots", ylabel="ms per token", xscale="log", yscale="log")
     left.grid(alpha=0.3, which="both")
     if decode:
