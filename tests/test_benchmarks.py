@@ -115,8 +115,9 @@ def test_runner_writes_json_and_png(tmp_path, capsys) -> None:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_plot_of_attention_and_elementwise_rows(tmp_path) -> None:
-    pytest.importorskip("matplotlib")
+def test_plot_of_attention_and_elementwise_rows(tmp_path, restore_optional) -> None:
+    if timing.optional("matplotlib") is None:
+        pytest.skip("matplotlib is not installed (the bench or plot extra): no PNG to check")
     rows = _ROWS.get("bench_attention") or importlib.import_module("benchmarks.bench_attention").run(quick=True)
     rows = rows + (_ROWS.get("bench_rotary") or importlib.import_module("benchmarks.bench_rotary").run(quick=True))
     machine = {"cpus": 2, "tensorflow": "x", "copy_bandwidth_GBps": 10.0}
