@@ -29,7 +29,6 @@ machine's copy bandwidth measured in the same run.
 
 from __future__ import annotations
 
-import os
 import statistics
 import sys
 import time
@@ -47,23 +46,24 @@ BATCH, WIDTH, HEADS, HEAD_DIM, SLOTS = 4, 512, 8, 64, 4096
 FILLED = (128, 512, 2048, 4095)
 FILLED_QUICK = (512, 4095)
 SIGNAL_S = 1.0  # seconds of loop iterations per timing sample
-TINY = os.environ.get("MLABLE_BENCH_TINY") == "1"  # smoke tests: tiny shapes, one repeat
 GOALS = {512: ">= 4x faster (ratio <= 0.25)", 4095: ">= 1.5x faster (ratio <= 0.67)"}
 
 
-def _layers(batch: int, width: int, heads: int, head_dim: int) -> tuple[keras.layers.Layer, keras.layers.Layer]:
-    from keras_hub.layers import CachedMultiHeadAttention as HubAttention
-
+def _layers(batch: int, width: int, heads: int, head_dim: int) -> tuple[keras.layers.Layer, keras.layers.Layer | None]:
+    """Our layer and keras-hub's with the same weights (``None`` for keras-hub's when it is not installed)."""
     ours = CachedMultiHeadAttention(num_heads=heads, key_dim=head_dim)
-    hub = HubAttention(num_heads=heads, key_dim=head_dim)
     x = tf.zeros((batch, 1, width))
     ours(x, x)
+    keras_hub = timing.optional("keras_hub")
+    if keras_hub is None:
+        return ours, None
+    hub = keras_hub.layers.CachedMultiHeadAttention(num_heads=heads, key_dim=head_dim)
     hub(x, x)
     hub.set_weights(ours.get_weights())
     return ours, hub
 
 
-def _loop_functions(ours: keras.layers.Layer, hub: keras.layers.Layer, x: tf.Tensor, slots: int):
+def _loop_functions(ours: keras.layers.Layer, hub: keras.layers.Layer | None, x: tf.Tensor, slots: int):
     """Compiled loops ``fn(cache, position, steps)`` that decode at ``position`` ``steps`` times.
 
     Every iteration writes the slot ``position`` again (a write replaces the
@@ -93,7 +93,7 @@ def _loop_functions(ours: keras.layers.Layer, hub: keras.layers.Layer, x: tf.Ten
         _, cache, total = tf.while_loop(lambda index, *_: index < steps, body, (tf.constant(0), cache, tf.constant(0.0)))
         return total + cache[0, 0, 0, 0, 0]
 
-    return ours_loop, hub_loop
+    return ours_loop, (None if hub is None else hub_loop)
 
 
 def _marginal(fn, cache: tf.Tensor, position: int, repeats: int, signal_s: float) -> timing.Timing:
@@ -126,8 +126,9 @@ def _marginal(fn, cache: tf.Tensor, position: int, repeats: int, signal_s: float
 
 
 def run(quick: bool = False) -> list[timing.Row]:
+    tiny = timing.tiny()  # smoke tests (MLABLE_BENCH_TINY=1): tiny shapes, one repeat
     rows: list[timing.Row] = []
-    if TINY:
+    if tiny:
         batch, width, heads, head_dim, slots, filled_levels, repeats = 2, 32, 2, 16, 64, (32,), 1
     else:
         batch, width, heads, head_dim, slots = BATCH, WIDTH, HEADS, HEAD_DIM, SLOTS
@@ -153,23 +154,30 @@ def run(quick: bool = False) -> list[timing.Row]:
         label = f"{shape} filled={filled}"
         read = 2 * batch * (filled + 1) * heads * head_dim * 4  # keys and values up to the new slot
         goal = GOALS.get(filled, "")
-        signal = 0.01 if TINY else SIGNAL_S
+        signal = 0.01 if tiny else (SIGNAL_S / 2 if quick else SIGNAL_S)
         ours_t = _marginal(ours_loop, ours_cache, filled, repeats, signal)
-        hub_t = _marginal(hub_loop, hub_cache, filled, repeats, signal)
+        hub_t = None if hub_loop is None else _marginal(hub_loop, hub_cache, filled, repeats, signal)
         bucket = min(length for length in attention.bucket_lengths(slots) if length >= filled + 1)
         rows.append(
             timing.row(
-                "attention", "decode 1 token", label, "float32", "xla loop (marginal)", ours_t, "keras-hub CachedMHA", hub_t,
-                goal, read, note=f"ours reads a bucket of {bucket} slots, keras-hub all {slots}",
+                "attention", "decode 1 token", label, "float32", "xla loop (marginal)", ours_t,
+                "" if hub_t is None else "keras-hub CachedMHA", hub_t, goal, read,
+                note=f"ours reads a bucket of {bucket} slots" + ("" if hub_t is None else f", keras-hub all {slots}"),
+                extra={"filled": filled, "slots": slots},
             )
         )
         step = tf.constant(filled)
         for mode, fn in (("graph per call", ours_graph), ("xla per call", ours_xla)):
-            per_call, per_call_hub = timing.compare(lambda: fn(ours_cache, step), lambda: hub_xla(hub_cache, step), repeats=repeats)
+            if hub is None:
+                per_call, per_call_hub = timing.measure(lambda: fn(ours_cache, step), repeats=repeats), None  # noqa: B023
+            else:
+                per_call, per_call_hub = timing.compare(lambda: fn(ours_cache, step), lambda: hub_xla(hub_cache, step), repeats=repeats)  # noqa: B023
             rows.append(
                 timing.row(
-                    "attention", "decode 1 token", label, "float32", mode, per_call, "keras-hub CachedMHA (xla per call)",
-                    per_call_hub, "", read, note="both return a new cache: one copy of the whole cache per call",
+                    "attention", "decode 1 token", label, "float32", mode, per_call,
+                    "" if hub is None else "keras-hub CachedMHA (xla per call)", per_call_hub, "", read,
+                    note="returns a new cache: one copy of the whole cache per call" + ("" if hub is None else ", for both"),
+                    extra={"filled": filled, "slots": slots},
                 )
             )
     return rows

@@ -30,7 +30,6 @@ from mlable_keras.layers.embedding import TokunEmbedding  # noqa: E402
 SHAPE = (32, 1024, 16)  # (B, S / T, T)
 VOCABULARY, WIDTH = 256, 64  # V, E
 STEPS = 4
-TINY = os.environ.get("MLABLE_BENCH_TINY") == "1"  # smoke tests: tiny tensors, one repeat
 TINY_SHAPE = (2, 8, 4)
 
 
@@ -49,10 +48,11 @@ def _loop(embed: object, indices: tf.Tensor, output_shape: tuple[int, ...], step
 
 
 def run(quick: bool = False) -> list[timing.Row]:
+    tiny = timing.tiny()  # smoke tests (MLABLE_BENCH_TINY=1): tiny shapes, one repeat
     rows: list[timing.Row] = []
-    repeats = 1 if TINY else (6 if quick else 15)
-    steps = 1 if TINY else STEPS
-    shape = TINY_SHAPE if TINY else SHAPE
+    repeats = 1 if tiny else (4 if quick else 15)
+    steps = 1 if tiny else STEPS
+    shape = TINY_SHAPE if tiny else SHAPE
     indices = tf.random.uniform(shape, 0, VOCABULARY, dtype=tf.int32)
     output_shape = shape[:-1] + (shape[-1] * WIDTH,)
     nbytes = 4 * (indices.shape.num_elements() + indices.shape.num_elements() * WIDTH)  # read indices, write the output

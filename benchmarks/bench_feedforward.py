@@ -7,7 +7,6 @@ machine's matmul throughput (measured in the same run) is reported too.
 
 from __future__ import annotations
 
-import os
 import sys
 
 import keras
@@ -19,7 +18,6 @@ from mlable_keras.layers.transformer import FeedForwardGate
 # config: (batch, sequence, width, hidden)
 SHAPES = ((4, 128, 512, 2048), (8, 256, 512, 2048))
 SHAPES_QUICK = ((4, 128, 512, 2048),)
-TINY = os.environ.get("MLABLE_BENCH_TINY") == "1"  # smoke tests: tiny tensors, one repeat
 
 
 def _by_hand(width: int, hidden: int) -> keras.layers.Layer:
@@ -35,9 +33,10 @@ def _by_hand(width: int, hidden: int) -> keras.layers.Layer:
 
 
 def run(quick: bool = False) -> list[timing.Row]:
+    tiny = timing.tiny()  # smoke tests (MLABLE_BENCH_TINY=1): tiny shapes, one repeat
     rows: list[timing.Row] = []
-    shapes = ((2, 8, 16, 32),) if TINY else (SHAPES_QUICK if quick else SHAPES)
-    repeats = 1 if TINY else (5 if quick else 15)
+    shapes = ((2, 8, 16, 32),) if tiny else (SHAPES_QUICK if quick else SHAPES)
+    repeats = 1 if tiny else (5 if quick else 15)
     for batch, sequence, width, hidden in shapes:
         x = tf.random.normal((batch, sequence, width))
         ours = FeedForwardGate(input_dim=width, hidden_dim=hidden)

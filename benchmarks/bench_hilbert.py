@@ -8,7 +8,6 @@ builds in under 2 s, vectorised, where ``densecurves`` maps one point at a time.
 
 from __future__ import annotations
 
-import os
 import sys
 
 import densecurves.hilbert
@@ -25,7 +24,6 @@ CASES = (
 )
 CASES_QUICK = CASES[:1]
 CASES_TINY = ((2, 2, (2, 16, 4), 1),)
-TINY = os.environ.get("MLABLE_BENCH_TINY") == "1"  # smoke tests: tiny tensors, one repeat
 LOOP_ORDER = 7  # densecurves is timed point by point on 2 ** 14 points
 
 
@@ -55,10 +53,11 @@ def _fold_rows(order: int, rank: int, shape: tuple[int, ...], axis: int, repeats
 
 
 def _permutation_rows(repeats: int) -> list[timing.Row]:
+    tiny = timing.tiny()  # smoke tests (MLABLE_BENCH_TINY=1): tiny shapes, one repeat
     rows = []
     # the cached functions keep the uncached one as __wrapped__: time a fresh build every call
     build = hilbert.fold_permutation.__wrapped__
-    order = 2 if TINY else LOOP_ORDER
+    order = 2 if tiny else LOOP_ORDER
     points = 1 << (2 * order)
 
     def densecurves_loop() -> list[int]:
@@ -69,19 +68,20 @@ def _permutation_rows(repeats: int) -> list[timing.Row]:
 
     mine, reference = timing.compare(vectorised, densecurves_loop, repeats=repeats, warmup=1, rounds=1)
     rows.append(timing.row("hilbert", f"permutations(order={order}, rank=2)", f"{points} points", "int32", "numpy", mine, "densecurves point + index loop", reference, "vectorised"))
-    if not TINY:
+    if not tiny:
         full = timing.measure(lambda: (build(10, 2), hilbert.unfold_permutation.__wrapped__(10, 2)), repeats=repeats, warmup=1)
         rows.append(timing.row("hilbert", "permutations(order=10, rank=2)", f"{1 << 20} points", "int32", "numpy", full, goal="< 2 s (both)"))
     return rows
 
 
 def run(quick: bool = False) -> list[timing.Row]:
-    repeats = 1 if TINY else (6 if quick else 15)
-    cases = CASES_TINY if TINY else (CASES_QUICK if quick else CASES)
+    tiny = timing.tiny()  # smoke tests (MLABLE_BENCH_TINY=1): tiny shapes, one repeat
+    repeats = 1 if tiny else (6 if quick else 15)
+    cases = CASES_TINY if tiny else (CASES_QUICK if quick else CASES)
     rows: list[timing.Row] = []
     for order, rank, shape, axis in cases:
         rows.extend(_fold_rows(order, rank, shape, axis, repeats))
-    rows.extend(_permutation_rows(1 if TINY else 3))
+    rows.extend(_permutation_rows(1 if tiny else 3))
     return rows
 
 

@@ -11,7 +11,6 @@ moved are the two inputs, read once.
 from __future__ import annotations
 
 import math
-import os
 import sys
 from collections.abc import Callable
 
@@ -25,7 +24,6 @@ from mlable_keras import metrics
 CATEGORICAL_SHAPE = (64, 1024, 256)  # (B, K, C): 64 rows of 1024 bytes, 256 classes
 BINARY_SHAPE = (64, 4096 * 8)  # (B, K * D): 64 rows of 4096 bytes, 8 bits each
 GROUPS = (1, 4)  # bytes, UTF-32-BE characters
-TINY = os.environ.get("MLABLE_BENCH_TINY") == "1"  # smoke tests: tiny tensors, one repeat
 
 
 def _step(metric: keras.metrics.Metric, y_true: tf.Tensor, y_pred: tf.Tensor, mode: str) -> Callable[[], tf.Tensor]:
@@ -51,11 +49,12 @@ def _binary_data(shape: tuple[int, ...]) -> tuple[tf.Tensor, tf.Tensor]:
 
 
 def run(quick: bool = False) -> list[timing.Row]:
+    tiny = timing.tiny()  # smoke tests (MLABLE_BENCH_TINY=1): tiny shapes, one repeat
     rows: list[timing.Row] = []
-    repeats = 1 if TINY else (6 if quick else 15)
-    categorical_shape = (2, 16, 256) if TINY else CATEGORICAL_SHAPE
-    binary_shape = (2, 64 * 8) if TINY else BINARY_SHAPE
-    modes = ("graph",) if TINY else (("eager", "graph", "xla") if not quick else ("eager", "graph"))
+    repeats = 1 if tiny else (6 if quick else 15)
+    categorical_shape = (2, 16, 256) if tiny else CATEGORICAL_SHAPE
+    binary_shape = (2, 64 * 8) if tiny else BINARY_SHAPE
+    modes = ("graph",) if tiny else (("eager", "graph", "xla") if not quick else ("eager", "graph"))
     cases = [
         ("CategoricalGroupAccuracy", _categorical_data(categorical_shape), categorical_shape,
          lambda group: metrics.CategoricalGroupAccuracy(group=group), keras.metrics.CategoricalAccuracy),

@@ -7,7 +7,6 @@ grows (no copy); a non-neighbouring divide / merge costs at most 1.2x a plain
 
 from __future__ import annotations
 
-import os
 import sys
 
 import tensorflow as tf
@@ -18,7 +17,6 @@ from mlable_core import reshaping
 # config
 SIZES_MB = (1, 16, 128)
 SIZES_MB_QUICK = (1, 16)
-TINY = os.environ.get("MLABLE_BENCH_TINY") == "1"  # smoke tests: tiny tensors, one repeat
 
 
 def _shape(megabytes: float) -> tuple[int, int, int, int]:
@@ -28,9 +26,10 @@ def _shape(megabytes: float) -> tuple[int, int, int, int]:
 
 
 def run(quick: bool = False) -> list[timing.Row]:
+    tiny = timing.tiny()  # smoke tests (MLABLE_BENCH_TINY=1): tiny shapes, one repeat
     rows: list[timing.Row] = []
-    repeats = 1 if TINY else (5 if quick else 15)
-    sizes = (0.1,) if TINY else (SIZES_MB_QUICK if quick else SIZES_MB)
+    repeats = 1 if tiny else (5 if quick else 15)
+    sizes = (0.1,) if tiny else (SIZES_MB_QUICK if quick else SIZES_MB)
     for megabytes in sizes:
         shape = _shape(megabytes)
         x = tf.random.normal(shape)

@@ -30,7 +30,6 @@ from mlable_core import rotary  # noqa: E402
 # config
 SHAPES = {"prefill": (8, 2048, 8, 64), "decode": (8, 1, 8, 64)}  # (B, S, N, H)
 STEPS = {"prefill": 8, "decode": 64}  # rotations per timed call
-TINY = os.environ.get("MLABLE_BENCH_TINY") == "1"  # smoke tests: tiny tensors, one repeat
 TINY_SHAPES = {"prefill": (2, 16, 2, 8), "decode": (2, 1, 2, 8)}
 
 
@@ -48,25 +47,29 @@ def _chain(step: object, steps: int, jit: bool) -> tf.types.experimental.Generic
 
 
 def run(quick: bool = False) -> list[timing.Row]:
-    import keras_hub
-
+    tiny = timing.tiny()  # smoke tests (MLABLE_BENCH_TINY=1): tiny shapes, one repeat
     rows: list[timing.Row] = []
-    repeats = 1 if TINY else (6 if quick else 15)
-    keras_hub_layer = keras_hub.layers.RotaryEmbedding(max_wavelength=10_000, sequence_axis=1, feature_axis=-1)
-    for name, shape in (TINY_SHAPES if TINY else SHAPES).items():
-        steps = 2 if TINY else STEPS[name]
+    repeats = 1 if tiny else (6 if quick else 15)
+    keras_hub = timing.optional("keras_hub")
+    keras_hub_layer = None if keras_hub is None else keras_hub.layers.RotaryEmbedding(max_wavelength=10_000, sequence_axis=1, feature_axis=-1)
+    for name, shape in (TINY_SHAPES if tiny else SHAPES).items():
+        steps = 2 if tiny else STEPS[name]
         x = tf.random.normal(shape)
         nbytes = 2 * x.shape.num_elements() * 4  # read x, write the output
         label = "x".join(map(str, shape))
         for mode, jit in (("graph", False), ("xla", True)):
             ours = _chain(lambda value, index: rotary.rotate(value, 1, -1, offset=index), steps, jit)
-            theirs = _chain(lambda value, index: keras_hub_layer(value, start_index=index), steps, jit)
-            ours_timing, theirs_timing = timing.compare(lambda: ours(x), lambda: theirs(x), repeats=repeats)
             per_call = lambda item: timing.Timing(item.median_s / steps, item.min_s / steps, item.repeats, item.compile_s)  # noqa: E731
+            if keras_hub_layer is None:
+                ours_timing, theirs_timing = timing.measure(lambda: ours(x), repeats=repeats), None  # noqa: B023
+            else:
+                theirs = _chain(lambda value, index: keras_hub_layer(value, start_index=index), steps, jit)
+                ours_timing, theirs_timing = timing.compare(lambda: ours(x), lambda: theirs(x), repeats=repeats)  # noqa: B023
             rows.append(
                 timing.row(
                     "rotary", f"rotate ({name}, offset = step)", label, "float32", mode, per_call(ours_timing),
-                    "keras_hub RotaryEmbedding", per_call(theirs_timing), "<= 0.67 (1.5x faster), >= 40% copy bw", nbytes,
+                    "" if theirs_timing is None else "keras_hub RotaryEmbedding",
+                    None if theirs_timing is None else per_call(theirs_timing), "<= 0.67 (1.5x faster), >= 40% copy bw", nbytes,
                 )
             )
             one_pass = _chain(lambda value, index: -value, steps, jit)

@@ -11,7 +11,6 @@ it holds a few hundred, like a trained model's (the candidates path).
 
 from __future__ import annotations
 
-import os
 import sys
 
 import tensorflow as tf
@@ -22,7 +21,6 @@ from mlable_core import sampling
 # config
 SHAPE = (64, 50_000)
 SHAPE_TINY = (4, 100)
-TINY = os.environ.get("MLABLE_BENCH_TINY") == "1"  # smoke tests: tiny tensors, one repeat
 SEED = tf.constant([1, 2], dtype=tf.int32)
 SCALES = (3.0, 6.0)
 VARIANTS = (
@@ -34,8 +32,9 @@ VARIANTS = (
 
 
 def run(quick: bool = False) -> list[timing.Row]:
-    repeats = 1 if TINY else (6 if quick else 15)
-    shape = SHAPE_TINY if TINY else SHAPE
+    tiny = timing.tiny()  # smoke tests (MLABLE_BENCH_TINY=1): tiny shapes, one repeat
+    repeats = 1 if tiny else (6 if quick else 15)
+    shape = SHAPE_TINY if tiny else SHAPE
     flat, peaked = (tf.random.stateless_normal(shape, seed=[3, 4]) * scale for scale in SCALES)
     nbytes = shape[0] * shape[1] * 4
     label = "x".join(map(str, shape))

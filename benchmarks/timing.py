@@ -13,13 +13,46 @@ Rules every script follows (see ``../README.md`` / "Performance"):
 from __future__ import annotations
 
 import functools
+import importlib
+import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+
+
+TINY_VARIABLE = "MLABLE_BENCH_TINY"
+
+
+def tiny() -> bool:
+    """Whether the smoke-test mode is on (``MLABLE_BENCH_TINY=1``): tiny shapes, one repeat.
+
+    Read at call time (inside each module's ``run``), so that a test can set the
+    variable after the modules are imported.
+    """
+    return os.environ.get(TINY_VARIABLE) == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def optional(module: str) -> Any:
+    """Imports an optional dependency (``keras_hub``, ``matplotlib``), or returns ``None`` with a message.
+
+    The comparisons against keras-hub need the ``bench`` extra; without it every
+    benchmark still runs and reports our time with no alternative.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        print(
+            f"note: {module} is not installed ({error}); its comparisons are skipped "
+            f"(install the bench extra: pip install -e '.[bench]')",
+            file=sys.stderr,
+        )
+        return None
 
 
 def block(value: Any) -> Any:
@@ -87,9 +120,16 @@ def compare(ours: Callable[[], Any], reference: Callable[[], Any], repeats: int 
     return merge(ours_all), merge(reference_all)
 
 
+def copy_bandwidth(megabytes: int | None = None, repeats: int = 7) -> float:
+    """The machine's copy bandwidth in bytes per second (bytes read + bytes written), with numpy.
+
+    ``megabytes`` defaults to 256 (16 in the tiny mode); measured once per size and process.
+    """
+    return _copy_bandwidth((16 if tiny() else 256) if megabytes is None else megabytes, repeats)
+
+
 @functools.lru_cache(maxsize=None)
-def copy_bandwidth(megabytes: int = 256, repeats: int = 7) -> float:
-    """The machine's copy bandwidth in bytes per second (bytes read + bytes written), with numpy."""
+def _copy_bandwidth(megabytes: int, repeats: int) -> float:
     source = np.ones(megabytes * 2**20 // 4, dtype=np.float32)
     target = np.empty_like(source)
     np.copyto(target, source)
@@ -101,9 +141,16 @@ def copy_bandwidth(megabytes: int = 256, repeats: int = 7) -> float:
     return 2 * source.nbytes / statistics.median(samples)
 
 
+def matmul_throughput(size: int | None = None, repeats: int = 5) -> float:
+    """The machine's float32 matmul throughput in FLOP/s, with TensorFlow in graph mode.
+
+    ``size`` (of the square matrices) defaults to 1024 (128 in the tiny mode); measured once per size and process.
+    """
+    return _matmul_throughput((128 if tiny() else 1024) if size is None else size, repeats)
+
+
 @functools.lru_cache(maxsize=None)
-def matmul_throughput(size: int = 1024, repeats: int = 5) -> float:
-    """The machine's float32 matmul throughput in FLOP/s, with TensorFlow in graph mode."""
+def _matmul_throughput(size: int, repeats: int) -> float:
     import tensorflow as tf
 
     a = tf.random.normal((size, size))
@@ -133,6 +180,7 @@ class Row:
     flops_share: float | None = None
     compile_s: float | None = None
     note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -151,8 +199,14 @@ def row(
     bytes_moved: int | None = None,
     flops: int | None = None,
     note: str = "",
+    extra: dict[str, Any] | None = None,
 ) -> Row:
-    """Builds a ``Row``: the ratio is ours / reference (below 1 means we are faster)."""
+    """Builds a ``Row``: the ratio is ours / reference (below 1 means we are faster).
+
+    ``bytes_moved`` (bytes read + written per call) and ``flops`` (per call) give
+    the shares of the machine's copy bandwidth and matmul throughput; ``extra``
+    holds structured fields for the plots (e.g. ``{"filled": 512}``).
+    """
     share = None if bytes_moved is None else bytes_moved / ours.median_s / copy_bandwidth()
     flops_share = None if flops is None else flops / ours.median_s / matmul_throughput()
     return Row(
@@ -172,6 +226,7 @@ def row(
         flops_share=flops_share,
         compile_s=ours.compile_s,
         note=note,
+        extra=dict(extra or {}),
     )
 
 
@@ -182,14 +237,14 @@ def markdown_table(rows: list[Row]) -> str:
         return "" if value is None else f"{value:.{digits}g}"
 
     lines = [
-        "| benchmark | op | shape | dtype | mode | ours (ms) | alternative | alt. (ms) | ours / alt. | goal | share of copy bw | share of matmul |",
-        "|---|---|---|---|---|---:|---|---:|---:|---|---:|---:|",
+        "| benchmark | op | shape | dtype | mode | ours (ms) | alternative | alt. (ms) | ours / alt. | goal | share of copy bw | share of matmul | note |",
+        "|---|---|---|---|---|---:|---|---:|---:|---|---:|---:|---|",
     ]
     for item in rows:
         lines.append(
             f"| {item.benchmark} | {item.op} | {item.shape} | {item.dtype} | {item.mode} | {fmt(item.ours_ms)} | "
             f"{item.reference} | {fmt(item.reference_ms)} | {fmt(item.ratio)} | {item.goal} | "
             f"{'' if item.bandwidth_share is None else f'{item.bandwidth_share:.0%}'} | "
-            f"{'' if item.flops_share is None else f'{item.flops_share:.0%}'} |"
+            f"{'' if item.flops_share is None else f'{item.flops_share:.0%}'} | {item.note} |"
         )
     return "\n".join(lines)
