@@ -49,7 +49,7 @@ class Settings:
     max_new_tokens: int
 
 
-FULL = Settings(characters=240_000, num_tokens=64, token_size=8, embed_dim=32, num_layers=2, num_heads=4, hidden_dim=512, epochs=4, batch_size=16, learning_rate=1e-3, max_new_tokens=32)
+FULL = Settings(characters=240_000, num_tokens=64, token_size=8, embed_dim=32, num_layers=2, num_heads=4, hidden_dim=512, epochs=5, batch_size=16, learning_rate=1e-3, max_new_tokens=32)
 QUICK = Settings(characters=40_000, num_tokens=32, token_size=8, embed_dim=16, num_layers=1, num_heads=2, hidden_dim=256, epochs=1, batch_size=16, learning_rate=2e-3, max_new_tokens=8)
 
 
