@@ -207,12 +207,35 @@ class ByteDecoder(keras.Model):
             for _ in range(self.num_layers)
         )
 
-    def _compiled(self, key: tuple, build: Callable[[], Callable]) -> Callable:
-        # one compiled function per generation setting, kept for later calls (no retrace per call)
+    def _generation_function(
+        self, cached: bool, max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
+        stop_at_nul: bool, jit_compile: bool,
+    ) -> Callable[[tf.Tensor, tf.Tensor], Any]:
+        # one compiled function per generation setting, built once and kept (no retrace, no re-validation per call)
+        key = (cached, max_new_tokens, temperature, top_k, top_p, stop_at_nul, jit_compile)
         functions = self.__dict__.setdefault("_generation_functions", {})
         if key not in functions:
-            functions[key] = build()
+            sampler = decoding.make_sampler(temperature, top_k, top_p)
+            stop = decoding.stop_at(0, group=4) if stop_at_nul else None
+
+            def run(prompt: tf.Tensor, seed: tf.Tensor) -> Any:
+                if not cached:
+                    model_fn = lambda tokens: self.forward(tokens, training=False)[0]  # noqa: E731
+                    return decoding.generate_uncached(model_fn, prompt, max_new_tokens, sampler=sampler, seed=seed)
+                cache = self.create_cache(prompt.shape[0], prompt.shape[1] + max_new_tokens)
+                return decoding.generate(self.step, prompt, cache, max_new_tokens, sampler=sampler, seed=seed, stop=stop)
+
+            functions[key] = tf.function(run, jit_compile=jit_compile, reduce_retracing=True)
         return functions[key]
+
+    def _check_prompt(self, prompt: Any) -> tf.Tensor:
+        prompt = tf.convert_to_tensor(prompt, tf.int32)
+        if prompt.shape.rank != 3 or prompt.shape[-1] != self.token_size:
+            raise ValueError(
+                f"`prompt` must be byte tokens of shape (B, P, token_size={self.token_size}). "
+                f"Received: prompt with shape {shapes.format_shape(prompt.shape)}"
+            )
+        return prompt
 
     def generate(
         self,
@@ -240,20 +263,9 @@ class ByteDecoder(keras.Model):
         Returns:
             ``(tokens, lengths)`` as ``mlable_core.decoding.generate``.
         """
-        prompt = tf.convert_to_tensor(prompt, tf.int32)
         max_new_tokens = shapes.check_int(max_new_tokens, "max_new_tokens", minimum=1)
-        sampler = decoding.make_sampler(temperature, top_k, top_p)
-        stop = decoding.stop_at(0, group=4) if stop_at_nul else None
-
-        def build() -> Callable:
-            def run(prompt: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-                cache = self.create_cache(prompt.shape[0], prompt.shape[1] + max_new_tokens)
-                return decoding.generate(self.step, prompt, cache, max_new_tokens, sampler=sampler, seed=seed, stop=stop)
-
-            return tf.function(run, jit_compile=jit_compile, reduce_retracing=True)
-
-        run = self._compiled(("cached", max_new_tokens, temperature, top_k, top_p, stop_at_nul, jit_compile), build)
-        return run(prompt, tf.constant(seed, tf.int32))
+        run = self._generation_function(True, max_new_tokens, temperature, top_k, top_p, stop_at_nul, jit_compile)
+        return run(self._check_prompt(prompt), tf.constant(seed, tf.int32))
 
     def generate_uncached(
         self,
@@ -265,20 +277,14 @@ class ByteDecoder(keras.Model):
         seed: Sequence[int] | tf.Tensor = (0, 0),
         jit_compile: bool = True,
     ) -> tf.Tensor:
-        """The reference of ``generate``: the whole sequence recomputed at every step, no cache."""
-        prompt = tf.convert_to_tensor(prompt, tf.int32)
+        """The reference of ``generate``: the whole sequence recomputed at every step, no cache.
+
+        Same arguments as ``generate`` (no stop); with the same sampling settings and seed it returns the
+        same tokens as ``generate``'s first output when the cache is correct.
+        """
         max_new_tokens = shapes.check_int(max_new_tokens, "max_new_tokens", minimum=1)
-        sampler = decoding.make_sampler(temperature, top_k, top_p)
-
-        def build() -> Callable:
-            def run(prompt: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-                model_fn = lambda tokens: self.forward(tokens, training=False)[0]  # noqa: E731
-                return decoding.generate_uncached(model_fn, prompt, max_new_tokens, sampler=sampler, seed=seed)
-
-            return tf.function(run, jit_compile=jit_compile, reduce_retracing=True)
-
-        run = self._compiled(("uncached", max_new_tokens, temperature, top_k, top_p, jit_compile), build)
-        return run(prompt, tf.constant(seed, tf.int32))
+        run = self._generation_function(False, max_new_tokens, temperature, top_k, top_p, False, jit_compile)
+        return run(self._check_prompt(prompt), tf.constant(seed, tf.int32))
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
