@@ -167,3 +167,16 @@ def test_make_sampler_greedy_and_sampling():
         decoding.make_sampler(temperature=1.0, top_k=0)
     with pytest.raises(ValueError, match="temperature"):
         decoding.make_sampler(temperature=-1.0)
+
+
+def test_byte_decoder_generate_survives_new_prompt_shapes():
+    # regression: reduce_retracing relaxed the prompt shape to None and create_cache read prompt.shape[1]
+    from mlable_keras.models import ByteDecoder, encode_tokens
+
+    model = ByteDecoder(token_size=8, embed_dim=4, num_layers=1, num_heads=2)
+    for num_tokens, batch in ((3, 1), (5, 1), (4, 2), (3, 1)):
+        prompt = encode_tokens(["hello world"] * batch, num_tokens=num_tokens, token_size=8)
+        tokens, _ = model.generate(prompt, 4)
+        reference = model.generate_uncached(prompt, 4)
+        assert tokens.shape == (batch, num_tokens + 4, 8)
+        assert (tokens.numpy() == reference.numpy()).all()

@@ -225,7 +225,8 @@ class ByteDecoder(keras.Model):
                 cache = self.create_cache(prompt.shape[0], prompt.shape[1] + max_new_tokens)
                 return decoding.generate(self.step, prompt, cache, max_new_tokens, sampler=sampler, seed=seed, stop=stop)
 
-            functions[key] = tf.function(run, jit_compile=jit_compile, reduce_retracing=True)
+            # keyed by input shape (no reduce_retracing): create_cache needs static B and P
+            functions[key] = tf.function(run, jit_compile=jit_compile)
         return functions[key]
 
     def _check_prompt(self, prompt: Any) -> tf.Tensor:
