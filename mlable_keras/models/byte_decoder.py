@@ -211,7 +211,7 @@ class ByteDecoder(keras.Model):
         self, cached: bool, max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
         stop_at_nul: bool, jit_compile: bool,
     ) -> Callable[[tf.Tensor, tf.Tensor], Any]:
-        # one compiled function per generation setting, built once and kept (no retrace, no re-validation per call)
+        # one tf.function per generation setting, built once and kept; it traces once per distinct prompt shape (B, P)
         key = (cached, max_new_tokens, temperature, top_k, top_p, stop_at_nul, jit_compile)
         functions = self.__dict__.setdefault("_generation_functions", {})
         if key not in functions:
@@ -225,7 +225,6 @@ class ByteDecoder(keras.Model):
                 cache = self.create_cache(prompt.shape[0], prompt.shape[1] + max_new_tokens)
                 return decoding.generate(self.step, prompt, cache, max_new_tokens, sampler=sampler, seed=seed, stop=stop)
 
-            # keyed by input shape (no reduce_retracing): create_cache needs static B and P
             functions[key] = tf.function(run, jit_compile=jit_compile)
         return functions[key]
 
