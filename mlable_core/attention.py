@@ -313,7 +313,8 @@ def build_attention_mask(
         use_causal_mask: hide the positions after each query.
         sliding_window: a positive int, or ``None`` for no window.
         mask: an optional boolean (or 0 / 1) user mask of shape
-            ``(B, F, key_length)``, where ``B`` and ``F`` may be 1 (broadcast).
+            ``(B, F, key_length)``, where ``B``, ``F`` and ``key_length`` may be 1
+            (broadcast; ``(B, F, 1)`` is a mask on the queries alone).
 
     Returns:
         A boolean tensor of shape ``(1, F, key_length)``, or ``(B, F, key_length)``
@@ -350,11 +351,11 @@ def _user_mask(mask: tf.Tensor, query_length: int | tf.Tensor, key_length: int |
     queries = query_length if isinstance(query_length, int) else None
     keys = key_length if isinstance(key_length, int) else None
     bad_queries = static[1] is not None and queries is not None and static[1] not in (1, queries)
-    bad_keys = static[2] is not None and keys is not None and static[2] != keys
+    bad_keys = static[2] is not None and keys is not None and static[2] not in (1, keys)
     if bad_queries or bad_keys:
         raise ValueError(
             f"`attention_mask` must have shape (B, F, S) with F={queries} query positions (or 1) and "
-            f"S={keys} key slots. Received: attention_mask with shape {shapes.format_shape(static)}"
+            f"S={keys} key slots (or 1). Received: attention_mask with shape {shapes.format_shape(static)}"
         )
     return mask if mask.dtype == tf.bool else tf.not_equal(mask, tf.zeros((), mask.dtype))
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -196,6 +197,52 @@ def _cos_sin(angles: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return tf.math.real(rotation), tf.math.imag(rotation)
 
 
+def normalize_positions(positions: Any) -> tf.Tensor | None:
+    """Returns explicit ``positions`` as a float32 tensor of rank 1 ``(S,)`` or 2 ``(B, S)`` (``None`` stays ``None``).
+
+    Raises:
+        TypeError: ``positions`` is not numeric (or is boolean).
+        ValueError: ``positions`` has a rank other than 1 or 2.
+    """
+    if positions is None:
+        return None
+    try:
+        positions = tf.convert_to_tensor(positions)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"`positions` must be an integer or float tensor of shape (S,) or (B, S). Received: positions={positions!r}") from error
+    if not (positions.dtype.is_integer or positions.dtype.is_floating) or positions.dtype == tf.bool:
+        raise TypeError(
+            "`positions` must be an integer or float tensor of shape (S,) or (B, S). "
+            f"Received: positions with dtype {positions.dtype.name}"
+        )
+    if positions.shape.rank not in (1, 2):
+        raise ValueError(
+            "`positions` must have shape (S,) (shared by every row) or (B, S) (one position per row and element). "
+            f"Received: positions with shape {positions.shape}"
+        )
+    return tf.cast(positions, tf.float32)
+
+
+def _layout_explicit(positions: tf.Tensor, offset: int | tf.Tensor, rank: int, sequence_axis: int) -> tf.Tensor:
+    """Explicit float32 ``positions`` (``(S,)`` or ``(B, S)``) plus ``offset``, laid out like ``_layout_positions``."""
+    if isinstance(offset, int):
+        if offset:
+            positions = positions + float(offset)
+    else:
+        offset = tf.cast(offset, tf.float32)
+        if offset.shape.rank == 1:
+            if positions.shape.rank == 1:
+                positions = positions[None, :]
+            offset = offset[:, None]
+        positions = positions + offset
+    layout = [1] * rank
+    layout[sequence_axis] = -1
+    if positions.shape.rank == 2:
+        layout[0] = tf.shape(positions)[0]
+        layout = tf.stack([tf.constant(d) if isinstance(d, int) else d for d in layout])
+    return tf.reshape(positions, layout)
+
+
 def _layout_positions(length: int | tf.Tensor, offset: int | tf.Tensor, rank: int, sequence_axis: int) -> tf.Tensor:
     """``p + offset`` as float32 (exact below 2 ** 24), laid out to broadcast.
 
@@ -293,6 +340,35 @@ def _offset_checks(
     return [tf.debugging.assert_equal(tf.shape(offset)[0], tf.shape(x)[0], message=message + "; sizes at run time")]
 
 
+def _positions_checks(
+    positions: tf.Tensor | None, x: tf.Tensor, static: tuple[int | None, ...], sequence: int, feature: int
+) -> list[tf.Operation]:
+    """Validates explicit positions ``(S,)`` / ``(B, S)`` against ``x``: statically if possible, else at run time."""
+    if positions is None:
+        return []
+    pos_static = tuple(positions.shape.as_list())
+    expected = "(S,)" if len(pos_static) == 1 else "(B, S)"
+    if len(pos_static) == 2 and 0 in (sequence, feature):
+        raise ValueError(
+            "`positions` of shape (B, S) needs axis 0 of `x` to be a batch axis, distinct from its sequence and feature axes. "
+            f"Received: positions with shape {pos_static}, x with shape {static}"
+        )
+    wanted = (static[sequence],) if len(pos_static) == 1 else (static[0], static[sequence])
+    message = (
+        f"`positions` must have shape {expected} matching `x` (S = size of the sequence axis, B = size of axis 0). "
+        f"Received: positions with shape {pos_static}, x with shape {static}"
+    )
+    if all(p is not None and w is not None for p, w in zip(pos_static, wanted)):
+        if pos_static != wanted:
+            raise ValueError(message)
+        return []
+    if any(p is not None and w is not None and p != w for p, w in zip(pos_static, wanted)):
+        raise ValueError(message)
+    runtime = tf.shape(x)
+    wanted_runtime = tf.stack([runtime[sequence]] if len(pos_static) == 1 else [runtime[0], runtime[sequence]])
+    return [tf.debugging.assert_equal(tf.shape(positions), wanted_runtime, message=message + "; sizes at run time")]
+
+
 def rotate(
     x: tf.Tensor,
     sequence_axis: int = 1,
@@ -301,6 +377,7 @@ def rotate(
     max_wavelength: float = 10_000,
     scaling_factor: float = 1.0,
     interleaved: bool = False,
+    positions: Any = None,
 ) -> tf.Tensor:
     """Applies the rotary position embedding along ``sequence_axis`` to the features of ``feature_axis``.
 
@@ -330,6 +407,10 @@ def rotate(
         scaling_factor: positions are divided by it (linear position
             interpolation), a finite number > 0.
         interleaved: pair features ``(2j, 2j + 1)`` instead of ``(j, j + R / 2)``.
+        positions: optional explicit positions, replacing ``p`` (the index along
+            ``sequence_axis``): an integer or float tensor of shape ``(S,)``
+            (shared by every row) or ``(B, S)`` (one per row of axis 0, e.g. a
+            left-padded batch). ``offset`` is added to them.
 
     Returns:
         A tensor of the dtype and shape of ``x``.
@@ -362,7 +443,8 @@ def rotate(
             f"x with shape {static}"
         )
     offset = normalize_offset(offset)
-    checks = _offset_checks(offset, x, static, sequence, feature)
+    explicit = normalize_positions(positions)
+    checks = _offset_checks(offset, x, static, sequence, feature) + _positions_checks(explicit, x, static, sequence, feature)
     rotated = rotated_dim(feature_dim)
     if rotated == 0:
         with tf.control_dependencies(checks):
@@ -381,7 +463,10 @@ def rotate(
     # tables laid out to broadcast: S on the sequence axis, (2, R / 2) on the (pair, frequency) axes, and B
     # on axis 0 for per-row offsets; the sign of the sine is folded into the frequencies (sin(-a) = -sin(a))
     with tf.control_dependencies(checks):
-        steps = _layout_positions(dims[sequence], offset, len(static) + 1, expanded_sequence)  # (1, S, 1, 1, 1)
+        if explicit is None:
+            steps = _layout_positions(dims[sequence], offset, len(static) + 1, expanded_sequence)  # (1, S, 1, 1, 1)
+        else:
+            steps = _layout_explicit(explicit, offset, len(static) + 1, expanded_sequence)  # (1 or B, S, 1, 1, 1)
     frequencies = _signed_frequencies(rotated, max_wavelength, scaling_factor, len(static) + 1, pair_axis, frequency_axis)
     angles = steps * frequencies  # (1, S, 1, 2, R / 2) for a (B, S, N, H) input, half-split
     cos, signed_sin = _cos_sin(angles)  # x_a takes -x_b sin, x_b takes +x_a sin
@@ -403,6 +488,7 @@ __all__ = [
     "check_arguments",
     "inverse_frequencies",
     "normalize_offset",
+    "normalize_positions",
     "positions",
     "rotate",
     "rotated_dim",

@@ -36,13 +36,7 @@ import keras
 import tensorflow as tf
 
 from mlable_core import accuracy, shapes
-
-try:
-    from keras.src.backend import get_keras_mask as _get_keras_mask
-except ImportError:  # pragma: no cover - older / newer layouts of Keras' private modules
-
-    def _get_keras_mask(x: Any) -> Any:
-        return getattr(x, "_keras_mask", None)
+from mlable_keras._compat import get_keras_mask as _get_keras_mask
 
 
 class _GroupAccuracy(keras.metrics.MeanMetricWrapper):

@@ -72,7 +72,6 @@ def test_harness_without_cache():
         layers.CachedMultiHeadAttention,
         dict(num_heads=2, key_dim=4),
         (x, x),
-        output_index=0,
         expected_output_shape=(2, 5, 8),
         expected_num_trainable_weights=8,
         reference_fn=causal_reference,
@@ -98,10 +97,13 @@ def test_harness_with_cache_scores_and_dropout():
 def test_call_signature_and_returns():
     layer = layers.CachedMultiHeadAttention(num_heads=2, key_dim=4)
     x = tf.random.normal((2, 3, 8))
-    outputs, cache = layer(x, x)
-    assert outputs.shape == (2, 3, 8) and cache is None
-    outputs, scores, cache = layer(x, x, return_attention_scores=True)
-    assert scores.shape == (2, 2, 3, 3) and cache is None
+    # without a cache: what keras.layers.MultiHeadAttention returns
+    outputs = layer(x, x)
+    assert isinstance(outputs, tf.Tensor) and outputs.shape == (2, 3, 8)
+    outputs, scores = layer(x, x, return_attention_scores=True)
+    assert scores.shape == (2, 2, 3, 3)
+    outputs, scores = layer(x, x[:, :2], return_attention_scores=True, use_causal_mask=False)
+    assert scores.shape == (2, 2, 3, 2)
     outputs, scores, cache = layer(x, x, cache=attention.create_cache(2, 6, 2, 4), step=0, return_attention_scores=True)
     assert scores.shape == (2, 2, 3, 6) and cache.shape == (2, 2, 6, 2, 4)
     np.testing.assert_allclose(np.sum(scores.numpy(), axis=-1), 1.0, atol=1e-6)
@@ -131,7 +133,7 @@ def test_decoding_in_chunks_equals_one_keras_causal_pass(case, width_factor, see
 def test_keras_options_decode_like_the_keras_layer(kwargs):
     x = np.random.default_rng(2).normal(size=(2, 6, 8)).astype("float32")
     layer = layers.CachedMultiHeadAttention(num_heads=2, key_dim=4, **kwargs)
-    outputs, _ = layer(x, x)
+    outputs = layer(x, x)
     expected = keras_attention(layer, x)(x, x, use_causal_mask=True).numpy()
     np.testing.assert_allclose(outputs.numpy(), expected, atol=1e-5)
     np.testing.assert_allclose(decode(layer, x, 8, (2, 1, 3))[0], expected, atol=1e-5)
@@ -146,7 +148,7 @@ def test_causal_mask_holds_on_every_path(policy, dropout, cached):
     layer = layers.CachedMultiHeadAttention(num_heads=2, key_dim=4, dropout=dropout, dtype=policy)
     cache = attention.create_cache(2, 7, 2, 4, dtype=layer.compute_dtype) if cached else None
     for training in (False, True):
-        _, scores, _ = layer(x, x, cache=cache, step=0 if cached else None, return_attention_scores=True, training=training)
+        scores = layer(x, x, cache=cache, step=0 if cached else None, return_attention_scores=True, training=training)[1]
         scores = tf.cast(scores, tf.float32).numpy()
         future = ~np.tril(np.ones((5, scores.shape[-1]), dtype=bool))  # slots after each query, empty ones included
         assert not np.any(scores[:, :, future])
@@ -173,7 +175,7 @@ def test_user_and_keras_masks_without_cache_match_keras():
     ids = np.array([[3, 5, 2, 0, 0], [1, 4, 6, 7, 0]])
     embedded = keras.layers.Embedding(10, 8, mask_zero=True)(ids)
     layer = layers.CachedMultiHeadAttention(num_heads=2, key_dim=4)
-    outputs, scores, _ = layer(embedded, embedded, return_attention_scores=True)
+    outputs, scores = layer(embedded, embedded, return_attention_scores=True)
     reference = keras_attention(layer, embedded)
     expected = reference(embedded, embedded, use_causal_mask=True).numpy()
     # padded queries see no key at all: their weights are all zero here (Keras spreads them evenly over
@@ -184,7 +186,7 @@ def test_user_and_keras_masks_without_cache_match_keras():
     np.testing.assert_allclose(outputs.numpy()[padded], np.broadcast_to(layer.output_dense.bias.numpy(), (padded.sum(), 8)))
     user = rng.integers(0, 2, size=(2, 5, 5)).astype(bool)
     x = rng.normal(size=(2, 5, 8)).astype("float32")
-    outputs, _ = layer(x, x, attention_mask=user, use_causal_mask=False)
+    outputs = layer(x, x, attention_mask=user, use_causal_mask=False)
     np.testing.assert_allclose(outputs.numpy(), reference(x, x, attention_mask=user).numpy(), atol=1e-5)
 
 
@@ -240,7 +242,7 @@ def test_mixed_precision_cache_stays_in_the_compute_dtype(policy):
     for position in range(1, 5):
         output, cache = step(x[:, position : position + 1], cache, tf.constant(position))
         decoded = tf.concat([decoded, output], axis=1)
-    expected = full(x, x)[0].numpy()
+    expected = full(x, x).numpy()
     tolerance = 0.05 if policy == "mixed_bfloat16" else 0.01
     np.testing.assert_allclose(tf.cast(decoded, tf.float32).numpy(), expected, atol=tolerance)
 
@@ -267,18 +269,18 @@ def test_functional_models():
     data = np.random.default_rng(7).normal(size=(2, 3, width)).astype("float32")
     result = model([data, np.zeros((2, 2, 6, heads, head_dim), "float32")])
     assert result[0].shape == (2, 3, width) and result[1].shape == (2, 2, 6, heads, head_dim)
-    # without a cache the layer returns None for it, which Keras functional graphs reject ...
-    with pytest.raises(ValueError, match="All operation outputs must be tensors"):
-        layer(x, x)
+    # without a cache it returns a tensor, as keras.layers.MultiHeadAttention does
+    functional = keras.Model(x, layers.CachedMultiHeadAttention(num_heads=heads, key_dim=head_dim)(x, x))
+    assert functional(data).shape == (2, 3, width)
 
-    # ... so the README's pattern: a small layer that keeps the attention output
+    # and inside a subclassed layer
     class SelfAttention(keras.layers.Layer):
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
             self.attention = layers.CachedMultiHeadAttention(num_heads=heads, key_dim=head_dim)
 
         def call(self, inputs):
-            return self.attention(inputs, inputs)[0]
+            return self.attention(inputs, inputs)
 
     functional = keras.Model(x, SelfAttention()(x))
     assert functional(data).shape == (2, 3, width)
@@ -437,7 +439,8 @@ def test_seed_readme_call_signature_is_the_layer_signature():
     defaults = {keyword.arg: ast.literal_eval(keyword.value) for keyword in call.keywords}
     signature = inspect.signature(layers.CachedMultiHeadAttention.call)
     parameters = [name for name in signature.parameters if name != "self"]
-    assert parameters == listed
+    # the seed's parameters lead, in its order (later ones, e.g. Keras' masks, follow)
+    assert parameters[: len(listed)] == listed
     assert {name: signature.parameters[name].default for name in defaults} == defaults
 
 
@@ -490,7 +493,7 @@ def test_generation_loop_with_the_cache_matches_recomputing_everything():
 
     def model_fn(tokens):
         x = embed(tokens)
-        return head(x + layer(x, x)[0])
+        return head(x + layer(x, x))
 
     prompt = tf.constant(np.random.default_rng(12).integers(1, vocabulary, size=(3, 4)), tf.int32)
     model_fn(prompt)  # build

@@ -106,6 +106,9 @@ class RotaryPositionalEmbedding(keras.layers.Layer):
         offset: the position of the first element along ``sequence_axis``: an
             int, a scalar integer tensor, or one offset per row of axis 0
             (shape ``(B,)``), e.g. the decoding step of each row. Default 0.
+        positions: optional explicit positions replacing the indices along
+            ``sequence_axis``: integers or floats of shape ``(S,)`` or ``(B, S)``
+            (one per row, e.g. a left-padded batch); ``offset`` is added.
 
     Input shape:
         Any shape with distinct sequence and feature axes, e.g. ``(B, S, E)`` or ``(B, S, N, H)``.
@@ -143,9 +146,10 @@ class RotaryPositionalEmbedding(keras.layers.Layer):
         self.interleaved = bool(interleaved)
         self.built = True
 
-    def call(self, inputs: Any, offset: Any = 0) -> tf.Tensor:
+    def call(self, inputs: Any, offset: Any = 0, positions: Any = None) -> tf.Tensor:
         return rotary.rotate(
-            inputs, self.sequence_axis, self.feature_axis, offset, self.max_wavelength, self.scaling_factor, self.interleaved
+            inputs, self.sequence_axis, self.feature_axis, offset, self.max_wavelength, self.scaling_factor, self.interleaved,
+            positions=positions,
         )
 
     def compute_output_shape(self, input_shape: Any) -> tuple[int | None, ...]:

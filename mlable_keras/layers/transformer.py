@@ -11,36 +11,100 @@ holding absolute position ``t``; ``create_cache`` allocates it.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import keras
 import tensorflow as tf
-from keras.src import backend as keras_backend  # Keras-mask helpers, as the parent layer uses them
 
-from mlable_core import attention, shapes
+from mlable_core import attention, rotary, shapes
+from mlable_keras import _compat
+
+_ROTARY_KEYS = ("max_wavelength", "scaling_factor", "interleaved")
+
+
+def _normalize_rotary(rotary_config: Any) -> dict[str, Any] | None:
+    """The ``rotary`` option as a plain dict of RoPE settings (``None``: no rotation)."""
+    if rotary_config is None or rotary_config is False:
+        return None
+    if rotary_config is True:
+        rotary_config = {}
+    if not isinstance(rotary_config, dict):
+        raise TypeError(
+            "`rotary` must be None, True (default RoPE settings) or a dict with the keys "
+            f"{list(_ROTARY_KEYS)}. Received: rotary={rotary_config!r}"
+        )
+    unknown = sorted(set(rotary_config) - set(_ROTARY_KEYS))
+    if unknown:
+        raise ValueError(f"`rotary` takes the keys {list(_ROTARY_KEYS)}. Received unknown keys {unknown} in rotary={rotary_config!r}")
+    settings = {"max_wavelength": 10_000, "scaling_factor": 1.0, "interleaved": False}
+    settings.update(rotary_config)
+    rotary.check_arguments(settings["max_wavelength"], settings["scaling_factor"], settings["interleaved"])
+    for name in ("max_wavelength", "scaling_factor"):
+        value = settings[name]
+        settings[name] = value if isinstance(value, int) and not isinstance(value, bool) else float(value)
+    settings["interleaved"] = bool(settings["interleaved"])
+    return settings
+
+
+def _rank(tensor: Any) -> int | None:
+    shape = getattr(tensor, "shape", None)
+    return None if shape is None or getattr(shape, "rank", len(shape)) is None else len(shape)
+
+
+def _as_rank3_mask(mask: Any) -> Any:
+    """A mask of rank <= 3 over ``(B, F, S)`` as rank 3 (leading axes of size 1), booleans kept as they are."""
+    while len(mask.shape) < 3:
+        mask = tf.expand_dims(mask, 0)
+    return mask
 
 
 @keras.saving.register_keras_serializable(package="mlable")
 class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
-    """``keras.layers.MultiHeadAttention`` with an exact key/value cache for decoding.
+    """``keras.layers.MultiHeadAttention`` with an exact key/value cache, causal by default, and optional RoPE.
 
-    It takes the constructor arguments of ``keras.layers.MultiHeadAttention``
-    unchanged (``num_heads``, ``key_dim``, ``value_dim``, ``dropout``,
-    ``use_bias``, ``output_shape``, ``attention_axes``, initializers,
-    regularizers, constraints, and Keras' newer ``sliding_window``,
-    ``use_gate``, ...) and holds the same weights, so the weights of a plain
-    ``MultiHeadAttention`` load into it and give the same outputs.
+    A drop-in for ``keras.layers.MultiHeadAttention``: it takes the same
+    constructor arguments (``num_heads``, ``key_dim``, ``value_dim``,
+    ``dropout``, ``use_bias``, ``output_shape``, ``attention_axes``,
+    initializers, regularizers, constraints, and the newer Keras ``use_gate``,
+    ``sliding_window``, ...), holds the same weights and, without a cache,
+    returns what it returns: a tensor, or ``(outputs, scores)`` with
+    ``return_attention_scores=True``. It works on ``keras.Input`` in functional
+    models, in ``Sequential`` / subclassed models, saved and reloaded. The only
+    change of default is ``use_causal_mask=True``; pass
+    ``use_causal_mask=False`` for bidirectional or cross-attention.
 
-    - ``cache=None``: plain attention, causal by default; the returned cache
-      is ``None``.
+    Without a cache the call is ``MultiHeadAttention.call`` itself (Keras'
+    projections, Keras masks on ``query`` / ``value`` / ``key``, causal and
+    sliding-window masks); only the attention step (``_compute_attention``) runs
+    on ``mlable_core.attention`` for 4D projections attending over one axis,
+    with the softmax in float32. A subclass that overrides
+    ``_compute_attention`` is honoured on every path (with and without a cache
+    and RoPE). Several attention axes, other ranks and flash attention use
+    Keras' own step.
+
+    Cache (``(2, B, T, N, H)``, see ``mlable_core.attention``):
+
     - ``cache`` and ``step``: the keys / values of the ``F`` new positions are
       written into the slots ``[step, step + F)`` (replacing what was there),
       query ``i`` sits at position ``step + i`` and sees the slots ``<= step + i``
       (all slots ``< step + F`` without the causal mask), never an empty slot.
-      Prefill (``F > 1``) and decode (``F = 1``) are the same call, and decoding
-      one position (or any chunk) at a time gives the outputs of one causal pass.
+      Prefill (``F > 1``) and decode (``F = 1``) are the same call; decoding one
+      position or any chunk at a time gives the outputs of one causal pass.
+      The call returns ``(outputs, cache)`` / ``(outputs, scores, cache)``.
     - ``cache`` without ``step``: the new keys / values are appended after the
       existing slots (the cache grows by ``F``; all its slots count as filled).
+    - ``cache`` with ``read_only_cache=True``: cross-attention over keys and
+      values computed once by ``compute_cache(value, key)`` (e.g. an encoder's
+      output). ``value`` / ``key`` are not used, nothing is written, every slot
+      is visible (combine with ``attention_mask``), and the returned cache is
+      the one given. See ``compute_cache``.
+
+    RoPE (``rotary=True`` or a dict of ``max_wavelength``, ``scaling_factor``,
+    ``interleaved``): the projected queries and keys are rotated (never the
+    inputs, so that the scores depend on relative positions only), queries and
+    keys sitting at ``step + i`` (``0 + i`` without a cache), or at explicit
+    ``positions`` ``(F,)`` / ``(B, F)``. The cache holds rotated keys.
 
     Masked and empty slots get a weight of exactly 0, and a query that sees
     no key at all (e.g. a padded position under a Keras mask) gets all-zero
@@ -48,59 +112,73 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
     spreads such a row evenly over the masked keys instead); every other row
     equals Keras'.
 
-    The scores and the softmax run in float32 under mixed precision; the
+    Under mixed precision the scores and the softmax run in float32 and the
     weights are cast back to the compute dtype. The cache stays in the compute
-    dtype (Keras casts a float cache passed to the layer to it).
-
-    Eagerly and in ``tf.function`` the attention reads the filled slots only;
-    under XLA (``jit_compile=True``, e.g. a compiled ``tf.while_loop`` with
-    ``step`` an int32 scalar tensor) it reads the smallest power-of-two bucket of
-    slots holding them and updates the cache in place. A write past the end of
-    the cache raises (eagerly and in graphs); under XLA the output of that call
-    is NaN instead. See ``mlable_core.attention``.
+    dtype. Eagerly and in ``tf.function`` a cached call reads the filled slots
+    only; under XLA it reads the smallest power-of-two bucket holding them and
+    updates the cache in place. A write past the end of the cache raises
+    (eagerly and in graphs); under XLA the output of that call is NaN instead.
 
     A cache requires 3D inputs ``(B, F, E)`` attending over axis 1 and
-    ``value_dim == key_dim`` (keys and values share the cache's ``H``): other
-    configurations raise a ``ValueError`` when a cache is given. Keras masks on
-    ``value`` / ``key`` cannot describe the slots written by earlier calls, so
-    with a cache they are rejected: pass ``attention_mask`` over the ``T`` slots.
+    ``value_dim == key_dim``; other configurations raise a ``ValueError`` when a
+    cache is given. Keras masks on ``value`` / ``key`` cannot describe the slots
+    written by earlier calls, so with a cache they are rejected: pass
+    ``attention_mask`` over the ``T`` slots. A Keras mask on ``query`` works
+    everywhere (its rows see nothing).
 
-    Functional models: Keras rejects a ``None`` output in a functional graph,
-    so ``layer(x, x)`` without a cache cannot be called on ``keras.Input``.
-    Use the layer inside a subclassed layer or model (``return layer(x, x)[0]``),
-    or give the symbolic call a cache input, whose outputs are all tensors.
+    Args:
+        rotary: ``None`` (no RoPE), ``True`` (default settings) or a dict with
+            ``max_wavelength`` (10000), ``scaling_factor`` (1.0) and
+            ``interleaved`` (False), as in ``RotaryPositionalEmbedding``.
+        **kwargs: the arguments of ``keras.layers.MultiHeadAttention``.
 
     Call arguments:
-        query: ``(B, F, E)``.
+        query: ``(B, F, E)`` (or any rank Keras takes, without a cache).
         value: ``(B, S, E)``; with a cache, the ``F`` new positions ``(B, F, E)``.
         key: optional, like ``value`` (defaults to ``value``).
         cache: optional ``(2, B, T, N, H)`` with ``H = key_dim``.
         step: optional slot of the first new position: a Python int or an
             integer scalar tensor. Only with a cache.
         training: whether the attention dropout is active.
-        attention_mask: optional boolean ``(B, F, S)``; with a cache, ``(B, F, T)``
-            over the cache slots (``B`` and ``F`` may be 1).
+        attention_mask: optional boolean mask of any shape Keras takes,
+            broadcastable to ``(B, F, S)``; with a cache, ``(B, F, T)`` over the slots.
         return_attention_scores: also return the attention weights.
-        use_causal_mask: hide the positions after each query (default True).
-
-    Input shape:
-        ``query`` ``(B, F, E)``, ``value`` / ``key`` ``(B, S, E)`` (``(B, F, E)`` with a cache).
+        use_causal_mask: hide the positions after each query (default True);
+            needs a single attention axis.
+        positions: optional explicit RoPE positions of the queries (and of
+            the new keys), ``(F,)`` or ``(B, F)``; only with ``rotary``.
+        read_only_cache: attend over ``cache`` as given (see above).
+        query_mask, value_mask, key_mask: Keras masks, filled in by Keras from
+            the inputs' masks.
 
     Output shape:
-        ``(outputs, cache)``, or ``(outputs, scores, cache)`` with
-        ``return_attention_scores``: ``outputs`` is ``(B, F, E)`` (or
-        ``(B, F) + output_shape``); ``scores`` is ``(B, N, F, S)`` without a
-        cache and ``(B, N, F, T)`` with one; ``cache`` is the updated cache or ``None``.
+        Without a cache, as ``keras.layers.MultiHeadAttention``: ``(B, F, E)``
+        (or ``(B, F) + output_shape``), and scores ``(B, N, F, S)``. With a cache,
+        the same followed by the cache; the scores are ``(B, N, F, T)``.
 
     Example:
         >>> layer = CachedMultiHeadAttention(num_heads=4, key_dim=16)
         >>> x = tf.random.normal((2, 10, 64))
+        >>> layer(x, x).shape  # plain causal self-attention
+        TensorShape([2, 10, 64])
         >>> cache = mlable_core.attention.create_cache(batch_size=2, cache_length=32, num_heads=4, head_dim=16)
         >>> outputs, cache = layer(x, x, cache=cache, step=0)  # prefill 10 positions
         >>> outputs, cache = layer(x[:, :1], x[:, :1], cache=cache, step=10)  # decode the 11th
         >>> outputs.shape
         TensorShape([2, 1, 64])
     """
+
+    def __init__(self, *args: Any, rotary: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rotary = _normalize_rotary(rotary)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        if self.rotary is not None:  # absent otherwise: the config is then exactly MultiHeadAttention's
+            config["rotary"] = dict(self.rotary)
+        return config
+
+    # ------------------------------------------------------------------ call
 
     def call(
         self,
@@ -113,76 +191,234 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
         attention_mask: tf.Tensor | None = None,
         return_attention_scores: bool = False,
         use_causal_mask: bool = True,
-    ) -> tuple[Any, ...]:
+        positions: Any = None,
+        read_only_cache: bool = False,
+        query_mask: Any = None,
+        value_mask: Any = None,
+        key_mask: Any = None,
+    ) -> Any:
         if step is not None and cache is None:
             raise ValueError(
                 f"`step` is only meaningful with a `cache`. Received: step={step!r} and cache=None; "
                 "allocate one with mlable_core.attention.create_cache"
             )
+        if read_only_cache and cache is None:
+            raise ValueError("`read_only_cache=True` needs a `cache` (from `compute_cache(value, key)`). Received: cache=None")
+        if read_only_cache and step is not None:
+            raise ValueError(f"A read-only cache is attended as a whole: `step` must be None. Received: step={step!r}")
+        if positions is not None and self.rotary is None:
+            raise ValueError(
+                "`positions` sets the RoPE positions, but this layer has no rotary embedding: construct it with "
+                f"`rotary=True` (or a dict of RoPE settings). Received: positions with shape {getattr(positions, 'shape', None)}"
+            )
         if key is None:
             key = value
-        query_mask = keras_backend.get_keras_mask(query)
-        value_mask = keras_backend.get_keras_mask(value)
-        key_mask = None if key is value else keras_backend.get_keras_mask(key)
-        if cache is None and not self._serves_with_core(query, value, key):
-            # several attention axes or other ranks: Keras' own implementation
-            outputs = super().call(
-                query, value, key=key, attention_mask=attention_mask, return_attention_scores=return_attention_scores,
+        if cache is None:
+            self._check_causal(query, value, use_causal_mask)
+        if cache is None and self.rotary is None:
+            # Keras' own call: its projections, masks and output; the attention step is `_compute_attention`
+            return super().call(
+                query, value, key=key, query_mask=query_mask, value_mask=value_mask, key_mask=key_mask,
+                attention_mask=attention_mask, return_attention_scores=return_attention_scores,
                 training=training, use_causal_mask=use_causal_mask,
             )
-            return (*outputs, None) if return_attention_scores else (outputs, None)
-        if cache is None:
-            # Keras' mask logic (input masks, causal, sliding window) over the S keys
-            mask = self._compute_attention_mask(
-                query, value, query_mask=query_mask, value_mask=value_mask, key_mask=key_mask,
-                attention_mask=attention_mask, use_causal_mask=use_causal_mask,
-            )
-        else:
+        return self._call_projected(
+            query, value, key, cache, step, training, attention_mask, return_attention_scores, use_causal_mask,
+            positions, read_only_cache, query_mask, value_mask, key_mask,
+        )
+
+    def _call_projected(
+        self, query: Any, value: Any, key: Any, cache: Any, step: Any, training: Any, attention_mask: Any,
+        return_attention_scores: bool, use_causal_mask: bool, positions: Any, read_only_cache: bool,
+        query_mask: Any, value_mask: Any, key_mask: Any,
+    ) -> Any:
+        """The call with a cache or RoPE: Keras' projections, then rotation and the cache, then the attention step."""
+        if query_mask is None:
+            query_mask = _compat.get_keras_mask(query)
+        if value_mask is None:
+            value_mask = _compat.get_keras_mask(value)
+        if key_mask is None and key is not value:
+            key_mask = _compat.get_keras_mask(key)
+        if cache is not None:
             self._check_cache_config(query, value, key, cache, value_mask, key_mask)
             mask = attention_mask
             if query_mask is not None:
                 rows = tf.cast(query_mask, tf.bool)[:, :, None]  # (B, F, 1)
-                mask = rows if mask is None else tf.logical_and(tf.cast(mask, tf.bool), rows)
-        for tensor in (query, value, key):
-            keras_backend.set_keras_mask(tensor, None)
-        gate = self._gate_dense(query) if self._use_gate else None
-        projected_query = self._query_dense(query)  # (B, F, N, H)
-        projected_key = self._key_dense(key)  # (B, F or S, N, H)
-        projected_value = self._value_dense(value)  # (B, F or S, N, H)
-
-        def dropout(weights: tf.Tensor) -> tf.Tensor:
-            return self._dropout_layer(weights, training=training)
-
-        weight_dropout = dropout if self._dropout > 0.0 else None
-        if cache is None:
-            result = attention.attention(
-                projected_query, projected_key, projected_value, attention_mask=mask, use_causal_mask=False,
-                scale=self._inverse_sqrt_key_dim, dropout=weight_dropout,
-                return_scores=return_attention_scores,
-            )
-            mixed, scores = result if return_attention_scores else (result, None)
+                mask = rows if mask is None else tf.logical_and(tf.cast(_as_rank3_mask(mask), tf.bool), rows)
         else:
-            result = attention.cached_attention(
-                projected_query, projected_key, projected_value, cache, step, attention_mask=mask,
-                use_causal_mask=use_causal_mask, sliding_window=self._sliding_window,
-                scale=self._inverse_sqrt_key_dim, dropout=weight_dropout,
-                return_scores=return_attention_scores,
+            mask = self._compute_attention_mask(
+                query, value, query_mask=query_mask, value_mask=value_mask, key_mask=key_mask,
+                attention_mask=attention_mask, use_causal_mask=use_causal_mask,
             )
-            mixed, scores, cache = result if return_attention_scores else (result[0], None, result[1])
+        for tensor in (query, value, key):
+            _compat.set_keras_mask(tensor, None)
+        gate_dense = _compat.mha_gate_dense(self)
+        gate = None if gate_dense is None else gate_dense(query)
+        projected_query = self.query_dense(query)  # (B, F, N, H)
+        projected_key = projected_value = None
+        if not read_only_cache:
+            projected_key = self.key_dense(key)  # (B, F or S, N, H)
+            projected_value = self.value_dense(value)  # (B, F or S, N, H)
+        if self.rotary is not None:
+            projected_query, projected_key = self._rotate(projected_query, projected_key, cache, step, positions)
+        scores = None
+        if cache is None:
+            mixed, scores = self._compute_attention(
+                projected_query, projected_key, projected_value, mask, training, return_attention_scores
+            )
+        else:
+            mixed, scores, cache = self._cached_step(
+                projected_query, projected_key, projected_value, cache, step, mask, training,
+                return_attention_scores, use_causal_mask, read_only_cache,
+            )
         if gate is not None:
             mixed = mixed * gate
-        outputs = self._output_dense(mixed)  # (B, F, E)
+        outputs = self.output_dense(mixed)  # (B, F, E)
         if query_mask is not None:
-            keras_backend.set_keras_mask(outputs, query_mask)
+            _compat.set_keras_mask(outputs, query_mask)
+        if cache is None:
+            return (outputs, scores) if return_attention_scores else outputs
         return (outputs, scores, cache) if return_attention_scores else (outputs, cache)
 
-    def _serves_with_core(self, query: Any, value: Any, key: Any) -> bool:
-        """Whether the inputs fit ``mlable_core.attention``: (B, F, E) tensors, attention over axis 1."""
-        ranks = {len(tensor.shape) for tensor in (query, value, key)}
-        return ranks == {3} and tuple(self._attention_axes) == (1,)
+    def _rotate(self, query: Any, key: Any, cache: Any, step: Any, positions: Any) -> tuple[Any, Any]:
+        """RoPE on the projected ``(B, F, N, H)`` queries and new keys, at ``step + i`` or at ``positions``."""
+        settings = self.rotary
+        offset: Any = 0
+        if cache is not None and positions is None:
+            # appended positions follow the existing slots; a read-only cache starts its queries at 0
+            offset = tf.shape(cache)[2] if step is None and key is not None else (0 if step is None else step)
+            if isinstance(offset, tf.Tensor):
+                offset = tf.cast(offset, tf.int32)
+
+        def turn(tensor: Any) -> Any:
+            return rotary.rotate(
+                tensor, 1, -1, offset=offset, positions=positions, max_wavelength=settings["max_wavelength"],
+                scaling_factor=settings["scaling_factor"], interleaved=settings["interleaved"],
+            )
+
+        query = turn(query)
+        if key is not None:
+            if positions is not None and cache is None and key.shape[1] is not None and query.shape[1] is not None and key.shape[1] != query.shape[1]:
+                raise ValueError(
+                    "`positions` covers the queries; without a cache the keys share them, so `key` / `value` must have "
+                    f"as many positions as `query`. Received: query with shape {shapes.format_shape(query.shape)}, "
+                    f"key with shape {shapes.format_shape(key.shape)}"
+                )
+            key = turn(key)
+        return query, key
+
+    def _cached_step(
+        self, query: Any, key: Any, value: Any, cache: Any, step: Any, mask: Any, training: Any,
+        return_attention_scores: bool, use_causal_mask: bool, read_only_cache: bool,
+    ) -> tuple[Any, Any, Any]:
+        """The attention step with a cache: ``(mixed (B, F, N, H), scores or None, new cache)``."""
+        sliding_window = _compat.mha_sliding_window(self)
+        overridden = type(self)._compute_attention is not CachedMultiHeadAttention._compute_attention
+        if read_only_cache:
+            cache = tf.convert_to_tensor(cache)
+            queries = attention.dynamic_dims(query)[1]
+            slots = attention.dynamic_dims(cache)[2]
+            visible = attention.build_attention_mask(queries, slots, 0, None, False, None, mask)
+            mixed, scores = self._compute_attention(query, cache[0], cache[1], visible, training, return_attention_scores)
+            return mixed, scores, cache
+        if overridden:
+            # the user's attention step over the whole cache, with a mask over the filled slots
+            queries = attention.dynamic_dims(query)[1]
+            if step is None:
+                step = tf.shape(cache, out_type=tf.int32)[2]
+                cache = tf.concat([cache, tf.stack([key, value])], axis=2)
+            else:
+                cache = attention.update_cache(cache, key, value, step)
+            slots = attention.dynamic_dims(cache)[2]
+            filled = tf.cast(step, tf.int32) + tf.cast(queries, tf.int32)
+            visible = attention.build_attention_mask(queries, slots, step, filled, use_causal_mask, sliding_window, mask)
+            mixed, scores = self._compute_attention(query, cache[0], cache[1], visible, training, return_attention_scores)
+            return mixed, scores, cache
+        result = attention.cached_attention(
+            query, key, value, cache, step, attention_mask=mask, use_causal_mask=use_causal_mask,
+            sliding_window=sliding_window, scale=self._score_scale(), dropout=self._weight_dropout(training),
+            return_scores=return_attention_scores,
+        )
+        if return_attention_scores:
+            return result
+        return result[0], None, result[1]
+
+    # ------------------------------------------------------- attention step
+
+    def _compute_attention(
+        self,
+        query: Any,
+        key: Any,
+        value: Any,
+        attention_mask: Any = None,
+        training: Any = None,
+        return_attention_scores: bool = False,
+        use_causal_mask: bool = False,
+    ) -> tuple[Any, Any]:
+        """Keras' attention step on projected tensors, on ``mlable_core.attention`` where it applies.
+
+        ``(B, F, N, H)`` queries over ``(B, S, N, H)`` keys / values with one
+        attention axis and a mask of rank <= 3 (any Keras broadcastable form):
+        the core kernel (float32 softmax, fully masked rows all zero). Other
+        ranks, several attention axes and flash attention: Keras' own step.
+        """
+        if _compat.mha_flash_attention(self) and return_attention_scores:
+            raise ValueError(
+                "Returning attention scores is not supported when flash attention is enabled. "
+                "Disable flash attention (flash_attention=False) to get the scores."
+            )
+        served = (
+            _rank(query) == 4
+            and tuple(self._attention_axes or ()) == (1,)
+            and (attention_mask is None or _rank(attention_mask) <= 3)
+            and not _compat.mha_flash_attention(self)
+        )
+        if not served:
+            if use_causal_mask and not _compat.MHA_COMPUTE_ATTENTION_TAKES_CAUSAL:
+                causal = self._compute_causal_mask(query, value)
+                attention_mask = causal if attention_mask is None else tf.logical_and(tf.cast(attention_mask, tf.bool), causal)
+                use_causal_mask = False
+            extra = {"use_causal_mask": True} if use_causal_mask else {}
+            return super()._compute_attention(
+                query, key, value, attention_mask, training, return_attention_scores, **extra
+            )
+        mask = None if attention_mask is None else _as_rank3_mask(attention_mask)
+        result = attention.attention(
+            query, key, value, attention_mask=mask, use_causal_mask=bool(use_causal_mask),
+            scale=self._score_scale(), dropout=self._weight_dropout(training), return_scores=True,
+        )
+        mixed, scores = result
+        return mixed, (scores if return_attention_scores else None)
+
+    def _score_scale(self) -> float:
+        return 1.0 / math.sqrt(float(self._key_dim))
+
+    def _weight_dropout(self, training: Any) -> Any:
+        if not self._dropout > 0.0:
+            return None
+        layer = _compat.mha_dropout_layer(self)
+        return lambda weights: layer(weights, training=training)
+
+    # -------------------------------------------------------------- checks
+
+    def _check_causal(self, query: Any, value: Any, use_causal_mask: bool) -> None:
+        if not use_causal_mask:
+            return
+        axes = tuple(self._attention_axes) if self._attention_axes is not None else None
+        rank = _rank(query)
+        if axes is None and rank == 3:
+            axes = (1,)
+        if axes != (1,):
+            raise ValueError(
+                "`use_causal_mask=True` (this layer's default) masks the positions after each query along axis 1, "
+                "which is defined only when the layer attends over that single axis. Pass `use_causal_mask=False` "
+                f"(Keras' default) for several attention axes. Received: query with shape {shapes.format_shape(query.shape)}, "
+                f"value with shape {shapes.format_shape(value.shape)}, attention_axes={axes}"
+            )
 
     def _check_cache_config(self, query: Any, value: Any, key: Any, cache: Any, value_mask: Any, key_mask: Any) -> None:
-        if not self._serves_with_core(query, value, key):
+        ranks = {_rank(tensor) for tensor in (query, value, key)}
+        if ranks != {3} or tuple(self._attention_axes or ()) != (1,):
             raise ValueError(
                 "A cache needs 3D inputs (B, F, E) attending over axis 1. "
                 f"Received: query shape {shapes.format_shape(query.shape)}, value shape {shapes.format_shape(value.shape)}, "
@@ -206,13 +442,51 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
                 f"Received: cache with shape {shapes.format_shape(cache_shape)}"
             )
 
+    # ---------------------------------------------------- cross-attention
+
+    def compute_cache(self, value: Any, key: Any = None, positions: Any = None) -> tf.Tensor:
+        """The keys and values of ``value`` / ``key``, projected once into a read-only cache ``(2, B, S, N, H)``.
+
+        For cross-attention (e.g. a decoder over an encoder's output): compute
+        it once, then call the layer with ``cache=..., read_only_cache=True`` at
+        every decoding step; nothing is written or copied, and the outputs equal
+        the uncached call ``layer(query, value, key, use_causal_mask=False)``.
+        With ``rotary``, the keys are rotated at positions ``0 .. S - 1`` (or
+        ``positions``). The layer must be built (call it once, or ``build``).
+        """
+        if key is None:
+            key = value
+        if not self.built:
+            self.build(tuple(value.shape), tuple(value.shape), tuple(key.shape))
+        if self._value_dim != self._key_dim:
+            raise ValueError(
+                "A cache holds keys and values with one head size H, so it needs value_dim == key_dim. "
+                f"Received: key_dim={self._key_dim}, value_dim={self._value_dim}"
+            )
+        projected_key = self.key_dense(key)  # (B, S, N, H)
+        projected_value = self.value_dense(value)  # (B, S, N, H)
+        if self.rotary is not None:
+            settings = self.rotary
+            projected_key = rotary.rotate(
+                projected_key, 1, -1, positions=positions, max_wavelength=settings["max_wavelength"],
+                scaling_factor=settings["scaling_factor"], interleaved=settings["interleaved"],
+            )
+        return tf.stack([projected_key, projected_value])  # (2, B, S, N, H)
+
+    # -------------------------------------------------------------- shapes
+
     def compute_output_shape(
         self, query_shape: Any, value_shape: Any, key_shape: Any = None, cache_shape: Any = None
-    ) -> tuple[Any, Any]:
-        """``(outputs shape, cache shape)``; the cache shape is ``None`` without a cache, and grows by
-        ``F`` only when ``step`` is omitted (append), which a shape alone cannot tell: it is returned unchanged."""
+    ) -> Any:
+        """Keras' output shape; with ``cache_shape``, ``(outputs shape, cache shape)``.
+
+        The cache grows by ``F`` only when ``step`` is omitted (append), which a
+        shape alone cannot tell: the cache shape is returned unchanged.
+        """
         outputs = super().compute_output_shape(query_shape, value_shape, key_shape)
-        return tuple(outputs), None if cache_shape is None else tuple(cache_shape)
+        if cache_shape is None:
+            return outputs
+        return tuple(outputs), tuple(cache_shape)
 
     def compute_output_spec(
         self,
@@ -221,24 +495,33 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
         key: Any = None,
         cache: Any = None,
         step: Any = None,
-        training: Any = False,
+        training: Any = None,
         attention_mask: Any = None,
         return_attention_scores: bool = False,
         use_causal_mask: bool = True,
-    ) -> tuple[Any, ...]:
-        outputs_shape, _ = self.compute_output_shape(query.shape, value.shape, None if key is None else key.shape)
+        positions: Any = None,
+        read_only_cache: bool = False,
+        query_mask: Any = None,
+        value_mask: Any = None,
+        key_mask: Any = None,
+    ) -> Any:
+        outputs_shape = super().compute_output_shape(query.shape, value.shape, None if key is None else key.shape)
         outputs = keras.KerasTensor(outputs_shape, dtype=self.compute_dtype)
-        new_cache = None
-        if cache is not None:
-            cache_shape = tuple(cache.shape)
-            if step is None:
-                grown = None if cache_shape[2] is None or query.shape[1] is None else cache_shape[2] + query.shape[1]
-                cache_shape = cache_shape[:2] + (grown,) + cache_shape[3:]
-            new_cache = keras.KerasTensor(cache_shape, dtype=self.compute_dtype)
+        if cache is None:
+            if not return_attention_scores:
+                return outputs
+            if _rank(query) == 3 and _rank(value) == 3:
+                scores_shape = (query.shape[0], self._num_heads, query.shape[1], value.shape[1])
+                return outputs, keras.KerasTensor(scores_shape, dtype=self.compute_dtype)
+            return super().compute_output_spec(query, value, key, return_attention_scores=True)
+        cache_shape = tuple(cache.shape)
+        if step is None and not read_only_cache:
+            grown = None if cache_shape[2] is None or query.shape[1] is None else cache_shape[2] + query.shape[1]
+            cache_shape = cache_shape[:2] + (grown,) + cache_shape[3:]
+        new_cache = keras.KerasTensor(cache_shape, dtype=self.compute_dtype)
         if not return_attention_scores:
             return outputs, new_cache
-        keys = value.shape[1] if new_cache is None else new_cache.shape[2]
-        scores = keras.KerasTensor((query.shape[0], self._num_heads, query.shape[1], keys), dtype=self.compute_dtype)
+        scores = keras.KerasTensor((query.shape[0], self._num_heads, query.shape[1], cache_shape[2]), dtype=self.compute_dtype)
         return outputs, scores, new_cache
 
 

@@ -10,8 +10,8 @@ dimension, ``T`` cache slots, ``V = 256`` byte values.
 
 The path of a batch (``call``):
     tokens ``(B, L, K)`` -> ``TokunEmbedding`` ``(B, L, D)`` -> per block:
-    RMS norm, ``RotaryPositionalEmbedding`` on the query / key inputs,
-    ``CachedMultiHeadAttention`` (causal) + residual, RMS norm,
+    RMS norm, ``CachedMultiHeadAttention`` (causal, RoPE on its projected
+    queries and keys, so scores depend on relative positions only) + residual, RMS norm,
     ``FeedForwardGate`` + residual -> RMS norm -> byte head ``(B, L, K * V)`` ->
     ``Divide`` ``(B, L, K, V)`` float32 logits.
 
@@ -29,7 +29,7 @@ import keras
 import tensorflow as tf
 
 from mlable_core import attention, decoding, reshaping, shapes, text
-from mlable_keras.layers.embedding import RotaryPositionalEmbedding, TokunEmbedding
+from mlable_keras.layers.embedding import TokunEmbedding
 from mlable_keras.layers.reshaping import Divide
 from mlable_keras.layers.transformer import CachedMultiHeadAttention, FeedForwardGate
 
@@ -123,10 +123,12 @@ class ByteDecoder(keras.Model):
         self.max_wavelength = float(max_wavelength)
         self.width = width
         self.embedding = TokunEmbedding(BYTES, self.embed_dim, name="embedding")
-        self.rotary = RotaryPositionalEmbedding(sequence_axis=1, feature_axis=-1, max_wavelength=self.max_wavelength, name="rotary")
         self.attention_norms = [keras.layers.RMSNormalization(name=f"attention_norm_{index}") for index in range(self.num_layers)]
         self.attentions = [
-            CachedMultiHeadAttention(self.num_heads, self.head_dim, dropout=self.dropout_rate, name=f"attention_{index}")
+            CachedMultiHeadAttention(
+                self.num_heads, self.head_dim, dropout=self.dropout_rate, rotary={"max_wavelength": self.max_wavelength},
+                name=f"attention_{index}",
+            )
             for index in range(self.num_layers)
         ]
         self.feedforward_norms = [keras.layers.RMSNormalization(name=f"feedforward_norm_{index}") for index in range(self.num_layers)]
@@ -174,17 +176,19 @@ class ByteDecoder(keras.Model):
             raise ValueError("`step` is required with a `cache`: the position of the first input token.")
         if cache is not None and len(cache) != self.num_layers:
             raise ValueError(f"`cache` must hold one tensor per block ({self.num_layers}). Received: {len(cache)} tensors")
-        offset = 0 if step is None else step
         hidden = self.embedding(inputs)  # (B, F, D)
         updated = []
         for index in range(self.num_layers):
             normed = self.attention_norms[index](hidden)
-            rotated = self.rotary(normed, offset=offset)
-            layer_cache = None if cache is None else cache[index]
-            mixed, layer_cache = self.attentions[index](
-                rotated, normed, key=rotated, cache=layer_cache, step=step, training=training, use_causal_mask=True
-            )
-            updated.append(layer_cache)
+            # RoPE turns the projected queries and keys inside the attention (at step + i), so that the
+            # scores depend on relative positions only; rotating `normed` would let W_q / W_k mix the pairs
+            if cache is None:
+                mixed = self.attentions[index](normed, normed, training=training, use_causal_mask=True)
+            else:
+                mixed, layer_cache = self.attentions[index](
+                    normed, normed, cache=cache[index], step=step, training=training, use_causal_mask=True
+                )
+                updated.append(layer_cache)
             hidden = hidden + mixed
             hidden = hidden + self.feedforwards[index](self.feedforward_norms[index](hidden), training=training)
         logits = self.split(self.head(self.final_norm(hidden)))  # (B, F, K, V)
