@@ -159,6 +159,7 @@ class ByteDecoder(keras.Model):
         cache: Sequence[tf.Tensor] | None = None,
         step: int | tf.Tensor | None = None,
         training: bool | None = None,
+        positions: Any = None,
     ) -> tuple[tf.Tensor, tuple[tf.Tensor, ...] | None]:
         """The model with an optional cache: ``(logits, cache)``.
 
@@ -168,6 +169,9 @@ class ByteDecoder(keras.Model):
                 per-block caches from ``create_cache``.
             step: the position of ``inputs[:, 0]`` (required with a cache).
             training: whether dropout is active.
+            positions: optional RoPE positions of the ``F`` tokens, ``(F,)`` or
+                ``(B, F)`` (default ``step + i``, or ``i`` without a cache). The
+                logits do not change when every position shifts by the same amount.
 
         Returns:
             ``(B, F, K, 256)`` float32 logits and the updated cache (``None`` without one).
@@ -183,10 +187,11 @@ class ByteDecoder(keras.Model):
             # RoPE turns the projected queries and keys inside the attention (at step + i), so that the
             # scores depend on relative positions only; rotating `normed` would let W_q / W_k mix the pairs
             if cache is None:
-                mixed = self.attentions[index](normed, normed, training=training, use_causal_mask=True)
+                mixed = self.attentions[index](normed, normed, training=training, use_causal_mask=True, positions=positions)
             else:
                 mixed, layer_cache = self.attentions[index](
-                    normed, normed, cache=cache[index], step=step, training=training, use_causal_mask=True
+                    normed, normed, cache=cache[index], step=step, training=training, use_causal_mask=True,
+                    positions=positions,
                 )
                 updated.append(layer_cache)
             hidden = hidden + mixed
