@@ -170,6 +170,15 @@ def byte_bits(y_true: tf.Tensor, y_pred: tf.Tensor, from_logits: bool = True) ->
         return -selected / tf.constant(math.log(2.0), dtype)
 
 
+def _check_whole_characters(y_true: tf.Tensor) -> list[tf.Operation]:
+    _known_rank(y_true, "y_true")
+    return _check_divides(
+        y_true, -1, UTF32_WIDTH,
+        f"The last axis of `y_true` must hold whole UTF-32-BE characters ({UTF32_WIDTH} bytes each), "
+        f"but has {{size}} bytes. Received: y_true.shape={shapes.format_shape(y_true.shape)}",
+    )
+
+
 def codepoints(y_true: tf.Tensor) -> tf.Tensor:
     """The code points of UTF-32-BE bytes: every 4 bytes along the last axis are one big-endian value.
 
@@ -187,13 +196,7 @@ def codepoints(y_true: tf.Tensor) -> tf.Tensor:
         array([    65, 128512])
     """
     y_true = tf.convert_to_tensor(y_true)
-    _known_rank(y_true, "y_true")
-    checks = _check_divides(
-        y_true, -1, UTF32_WIDTH,
-        f"The last axis of `y_true` must hold whole UTF-32-BE characters ({UTF32_WIDTH} bytes each), "
-        f"but has {{size}} bytes. Received: y_true.shape={shapes.format_shape(y_true.shape)}",
-    )
-    with tf.control_dependencies(checks):
+    with tf.control_dependencies(_check_whole_characters(y_true)):
         dims = reshaping.dynamic_dims(y_true)
         grouped = _reshape(tf.cast(y_true, tf.int64), dims[:-1] + [dims[-1] // UTF32_WIDTH, UTF32_WIDTH])  # (..., K / 4, 4)
         powers = tf.constant([1 << 24, 1 << 16, 1 << 8, 1], dtype=tf.int64)
@@ -317,9 +320,10 @@ def byte_log2_likelihood_sums(
     targets = tf.cast(y_true, tf.int64)
     dtype = bits.dtype
     if encoding == "utf-32-be":
-        points = codepoints(targets)  # (..., K / 4)
-        dims = reshaping.dynamic_dims(bits)
-        bits = tf.reduce_sum(_reshape(bits, dims[:-1] + [dims[-1] // UTF32_WIDTH, UTF32_WIDTH]), axis=-1)  # (..., K / 4)
+        with tf.control_dependencies(_check_whole_characters(targets)):
+            points = codepoints(targets)  # (..., K / 4)
+            dims = reshaping.dynamic_dims(bits)
+            bits = tf.reduce_sum(_reshape(bits, dims[:-1] + [dims[-1] // UTF32_WIDTH, UTF32_WIDTH]), axis=-1)  # (..., K / 4)
         counted = tf.cast(points != 0, dtype)
         lengths = tf.cast(utf8_lengths(points), dtype)
         characters = tf.ones_like(counted)

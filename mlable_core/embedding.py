@@ -56,7 +56,7 @@ def combine_shape(indices_shape: shapes.Shape | tuple, embedding_dim: int | None
     return shape[:-1] + (merged,)
 
 
-def _check_indices(indices: tf.Tensor, vocabulary: int | tf.Tensor) -> tf.Operation:
+def check_indices(indices: tf.Tensor, vocabulary: int | tf.Tensor) -> tf.Operation:
     """A run-time assertion that every index lies in ``[0, vocabulary)``."""
     smallest = tf.reduce_min(indices)
     largest = tf.reduce_max(indices)
@@ -113,7 +113,7 @@ def combine(indices: tf.Tensor, table: tf.Tensor, validate_indices: bool = True)
     combine_shape(indices.shape, table.shape[-1])  # validates the rank of the indices
     if indices.dtype not in _INDEX_DTYPES:
         indices = tf.cast(indices, tf.int32)
-    checks = [_check_indices(indices, reshaping.dynamic_dims(table)[0])] if validate_indices else []
+    checks = [check_indices(indices, reshaping.dynamic_dims(table)[0])] if validate_indices else []
     with tf.control_dependencies(checks):
         gathered = tf.gather(table, indices)  # (..., S / T, T, E)
     rank = indices.shape.rank + 1
@@ -121,4 +121,5 @@ def combine(indices: tf.Tensor, table: tf.Tensor, validate_indices: bool = True)
     return combined
 
 
-__all__ = ["combine", "combine_shape"]
+__all__ = [
+    "check_indices","combine", "combine_shape"]

@@ -340,7 +340,14 @@ def test_xla_updates_the_cache_in_place_inside_a_compiled_loop():
         # the only op producing a whole cache in the loop body is the scatter, on the loop's own buffer
         for line in writers:
             assert not re.search(r"\b(copy|concatenate|dynamic-update-slice|broadcast|transpose)\(", line), line
-        assert any("scatter" in line for line in writers), writers
+        # the write is a scatter in the body, or (XLA of TF 2.16) a loop fusion that the body calls, whose
+        # root updates the loop's cache parameter in place (a scatter or a dynamic-update-slice of param 0)
+        called = [computations.get(callee, "") for callee in re.findall(r"calls=%?([\w.\-]+)", body)]
+        in_place = [text for text in called if re.search(r"ROOT \S+ = \S+ (scatter|dynamic-update-slice)\(\S+ %param_0[,)]", text)]
+        # (XLA of TF 2.16 also expands the scatter into a nested while loop over the rows: that inner
+        # body is one of `bodies`, checked by the same rules)
+        nested = [line for line in body.splitlines() if re.search(r" while\(", line) and cache_type in line]
+        assert any("scatter" in line for line in writers) or in_place or nested, writers
     # and the loop still computes the right thing
     total = loop(q, cache)[2]
     assert np.isfinite(total.numpy())
@@ -426,7 +433,7 @@ ERRORS = [
     (lambda: attention.cached_attention(_Q, _Q, _Q, _CACHE, tf.constant([1])), ValueError, r"`step` must be a scalar\. Received: step with shape \(1,\)"),
     (lambda: attention.cached_attention(_Q, _Q, _Q, _CACHE, 0, span="all"), ValueError, r"`span` must be one of \('auto', 'filled', 'buckets', 'allocated'\)\. Received: span='all'"),
     (lambda: tf.function(lambda: attention.cached_attention(_Q, _Q, _Q, _CACHE, 0, span="filled"), jit_compile=True)(), ValueError, r'`span="filled"` slices the cache to a length known only at run time'),
-    (lambda: attention.cached_attention(_Q, _Q, _Q, _CACHE, 0, attention_mask=np.ones((2, 3, 5), bool)), ValueError, r"`attention_mask` must have shape \(B, F, S\) with F=3 query positions \(or 1\) and S=8 key slots\. Received: attention_mask with shape \(2, 3, 5\)"),
+    (lambda: attention.cached_attention(_Q, _Q, _Q, _CACHE, 0, attention_mask=np.ones((2, 3, 5), bool)), ValueError, r"`attention_mask` must have shape \(B, F, S\) with F=3 query positions \(or 1\) and S=8 key slots \(or 1\)\. Received: attention_mask with shape \(2, 3, 5\)"),
     (lambda: attention.attention(_Q, _Q, _Q, attention_mask=np.ones((3, 3), bool)), ValueError, r"`attention_mask` must have rank 3"),
     (lambda: attention.attention(_Q, _Q[..., :4], _Q), ValueError, r"The query and key head sizes H must agree: query H=5, key H=4"),
     (lambda: attention.attention(_Q, _Q[:, :2], _Q), ValueError, r"The key and value lengths S must agree: key S=2, value S=3"),

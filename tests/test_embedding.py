@@ -230,3 +230,41 @@ def test_seed_namespace_exports_the_same_class():
     import mlable.layers.embedding
 
     assert mlable.layers.embedding.TokunEmbedding is layers.TokunEmbedding
+
+
+# quantization ---------------------------------------------------------------------------------
+
+
+def _int4_supported() -> bool:
+    try:
+        keras.dtype_policies.get("int4_from_float32")
+    except ValueError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_quantized_policies_and_model_quantize_keep_the_combined_output(mode):
+    if mode == "int4" and not _int4_supported():
+        pytest.skip(f"Keras {keras.__version__} has no int4 Embedding")
+    indices = np.random.default_rng(21).integers(0, 256, size=(2, 3, 4))
+    plain = layers.TokunEmbedding(256, 8)
+    model = keras.Sequential([keras.Input((3, 4), dtype="int32"), plain])
+    expected = model(indices).numpy()
+    table = plain.embeddings.numpy()
+    # the plain layer equals the per-byte lookup, merged (independent reference)
+    np.testing.assert_array_equal(expected, table[indices].reshape(2, 3, 32))
+    model.quantize(mode)
+    assert plain.quantization_mode == mode  # Model.quantize reached the subclass
+    quantized = model(indices).numpy()
+    assert quantized.shape == (2, 3, 32)
+    # int8 / int4 abs-max quantization per row: error at most half a step of the row's largest value
+    steps = np.abs(table).max(axis=-1, keepdims=True) / (127.0 if mode == "int8" else 7.0)
+    bound = np.repeat(steps[indices], 8, axis=-1).reshape(2, 3, 32) * 0.5 + 1e-6
+    assert np.all(np.abs(quantized - expected) <= bound)
+    compiled = tf.function(lambda x: model(x), jit_compile=True)(indices)
+    np.testing.assert_allclose(compiled.numpy(), quantized, atol=1e-6)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"`indices` must be in \[0, 256\)"):
+        model(np.full((1, 3, 4), 300))
+    policy_layer = layers.TokunEmbedding(256, 8, dtype=f"{mode}_from_float32")
+    assert policy_layer(indices).shape == (2, 3, 32)

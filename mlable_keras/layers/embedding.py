@@ -15,7 +15,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from mlable_core import embedding, rotary, shapes
+from mlable_core import embedding, reshaping, rotary, shapes
 
 
 @keras.saving.register_keras_serializable(package="mlable")
@@ -23,9 +23,9 @@ class TokunEmbedding(keras.layers.Embedding):
     """Embeds the ``T`` bytes of each token and concatenates their embeddings.
 
     A ``keras.layers.Embedding`` (same arguments, same ``(input_dim, output_dim)``
-    table, same initializers, regularizers, constraints and LoRA; Keras reserves
-    ``quantize`` to the ``Embedding`` class itself)
-    whose output merges the last two axes: indices of shape ``(..., S / T, T)``
+    table, same initializers, regularizers, constraints and LoRA, and the same
+    ``int8`` / ``int4`` quantization through ``dtype="int8_from_float32"`` or
+    ``Model.quantize``) whose output merges the last two axes: indices of shape ``(..., S / T, T)``
     give ``(..., S / T, T * E)`` with
     ``out[..., s, t * E:(t + 1) * E] = embeddings[inputs[..., s, t]]``. It equals
     ``keras.layers.Embedding`` followed by a reshape, in one gather.
@@ -61,6 +61,38 @@ class TokunEmbedding(keras.layers.Embedding):
         >>> layer(tf.zeros((2, 64, 16), dtype=tf.int32)).shape
         TensorShape([2, 64, 2048])
     """
+
+    def __init__(self, input_dim: int, output_dim: int, **kwargs: Any) -> None:
+        # checked here, with Keras' wording: Keras before 3.11 accepts non-positive sizes silently
+        for name, value in (("input_dim", input_dim), ("output_dim", output_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+        super().__init__(input_dim, output_dim, **kwargs)
+
+    def quantize(self, mode: Any = None, type_check: bool = True, **kwargs: Any) -> None:
+        """``keras.layers.Embedding.quantize`` (int8, and int4 where Keras has it), which Keras limits to its own class.
+
+        The quantized table is the ``Embedding`` one, so the parent's method
+        applies unchanged: ``Model.quantize`` then reaches this layer too.
+        """
+        del type_check  # this subclass changes only the reshape after the lookup
+        super().quantize(mode, type_check=False, **kwargs)
+
+    def quantized_call(self, inputs: Any, *args: Any, **kwargs: Any) -> tf.Tensor:
+        """The call under an ``int8`` / ``int4`` policy or after ``quantize``: Keras' dequantized lookup, then the combine.
+
+        Keras routes a quantized layer's call here instead of ``call``. Its
+        lookup gives ``(..., S / T, T, E)``; the index check and the merge to
+        ``(..., S / T, T * E)`` follow, as in ``call``.
+        """
+        if inputs.dtype not in ("int32", "int64"):
+            inputs = tf.cast(inputs, "int32")
+        vocabulary = self.input_dim
+        check = embedding.check_indices(inputs, vocabulary)
+        with tf.control_dependencies([check]):
+            looked_up = super().quantized_call(inputs, *args, **kwargs)  # (..., S / T, T, E)
+        dims = reshaping.dynamic_dims(looked_up)
+        return tf.reshape(looked_up, dims[:-2] + [dims[-2] * dims[-1]])  # (..., S / T, T * E)
 
     def call(self, inputs: Any) -> tf.Tensor:
         if inputs.dtype not in ("int32", "int64"):

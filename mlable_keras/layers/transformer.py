@@ -168,8 +168,16 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
         TensorShape([2, 1, 64])
     """
 
-    def __init__(self, *args: Any, rotary: Any = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, num_heads: int, key_dim: int, *args: Any, rotary: Any = None, **kwargs: Any) -> None:
+        # Keras' own checks and wording (Keras before 3.12 accepts non-positive sizes silently)
+        value_dim = kwargs.get("value_dim", args[0] if args else None)
+        for name, value, optional in (("num_heads", num_heads, False), ("key_dim", key_dim, False), ("value_dim", value_dim, True)):
+            if optional and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                expected = "a positive integer or `None`" if optional else "a positive integer"
+                raise ValueError(f"Received an invalid value for argument `{name}`, expected {expected}. Received: {name}={value!r}")
+        super().__init__(num_heads, key_dim, *args, **kwargs)
         self.rotary = _normalize_rotary(rotary)
 
     def get_config(self) -> dict[str, Any]:
