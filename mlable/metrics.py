@@ -2,9 +2,10 @@
 
 from mlable_keras.metrics import (
     BinaryGroupAccuracy,
+    BitsPerByte,
     CategoricalGroupAccuracy,
     RawGroupAccuracy,
     SparseCategoricalGroupAccuracy,
 )
 
-__all__ = ["BinaryGroupAccuracy", "CategoricalGroupAccuracy", "RawGroupAccuracy", "SparseCategoricalGroupAccuracy"]
+__all__ = ["BinaryGroupAccuracy", "BitsPerByte", "CategoricalGroupAccuracy", "RawGroupAccuracy", "SparseCategoricalGroupAccuracy"]

@@ -35,7 +35,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from mlable_core import accuracy, shapes
+from mlable_core import accuracy, bits, shapes
 from mlable_keras._compat import get_keras_mask as _get_keras_mask
 
 
@@ -253,4 +253,85 @@ class RawGroupAccuracy(_GroupAccuracy):
         return config
 
 
-__all__ = ["BinaryGroupAccuracy", "CategoricalGroupAccuracy", "RawGroupAccuracy", "SparseCategoricalGroupAccuracy"]
+@keras.saving.register_keras_serializable(package="mlable")
+class BitsPerByte(keras.metrics.Metric):
+    """Bits per byte (or per character) of a byte-level language model.
+
+    Accumulates two sums over every batch, and replica: the bits
+    ``sum(-log2 p(target byte))`` and the length of the targets in UTF-8 bytes
+    (or in characters with ``per="character"``); the result is their ratio, 0
+    before any target was seen. Padding (a NUL character in UTF-32-BE, a zero
+    byte in UTF-8) counts in neither sum; see ``mlable_core.bits`` for the layouts.
+
+    Args:
+        encoding: the layout of the targets: ``"utf-32-be"`` (4 bytes per
+            character, as ``ByteDecoder`` produces them) or ``"utf-8"``.
+        from_logits: whether the predictions are logits rather than probabilities.
+        per: ``"byte"`` for bits per UTF-8 byte, ``"character"`` for bits per character.
+        name: the metric name.
+        dtype: the dtype of the sums and of the result (float32 by default;
+            float64 keeps long evaluations exact).
+
+    Call arguments (``update_state``):
+        y_true: the target bytes, shape ``(..., K)`` (``K`` a multiple of 4 in UTF-32-BE).
+        y_pred: logits or probabilities over the 256 byte values, shape
+            ``(..., K, 256)``; a Keras mask on it (of the shape of ``y_true``, of
+            the per-character shape, or of leading axes) removes the masked units.
+        sample_weight: weights of the units (characters in UTF-32-BE, bytes in
+            UTF-8), broadcastable to ``y_true.shape[:-1] + (K / 4,)`` (UTF-32-BE)
+            or ``y_true.shape`` (UTF-8), aligned on the leading axes.
+
+    Example:
+        >>> metric = BitsPerByte(encoding="utf-8")
+        >>> metric.update_state([[104, 105, 0]], tf.zeros((1, 3, 256)))  # "hi" and a padding byte
+        >>> float(metric.result())
+        8.0
+    """
+
+    def __init__(
+        self,
+        encoding: str = "utf-32-be",
+        from_logits: bool = True,
+        per: str = "byte",
+        name: str = "bits_per_byte",
+        dtype: Any = None,
+    ) -> None:
+        self.encoding = bits.check_encoding(encoding)
+        if not isinstance(from_logits, bool):
+            raise TypeError(f"`from_logits` must be a bool. Received: from_logits={from_logits!r} of type {type(from_logits).__name__}")
+        self.from_logits = from_logits
+        self.per = bits.check_per(per)
+        super().__init__(name=name, dtype=dtype)
+        self._direction = "down"  # to minimize
+        # sums, not means: they add up exactly across batches and across replicas
+        self.bits = self.add_variable(shape=(), initializer="zeros", dtype=self.dtype, aggregation="sum", name="bits")
+        self.denominator = self.add_variable(
+            shape=(), initializer="zeros", dtype=self.dtype, aggregation="sum", name="denominator"
+        )
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
+        """Adds the bits and the bytes (or characters) of one batch to the sums."""
+        mask = _get_keras_mask(y_pred)
+        total_bits, total_bytes, total_characters = bits.byte_log2_likelihood_sums(
+            y_true, y_pred, encoding=self.encoding, sample_weight=sample_weight, from_logits=self.from_logits, mask=mask
+        )
+        denominator = total_bytes if self.per == "byte" else total_characters
+        self.bits.assign_add(tf.cast(total_bits, self.dtype))
+        self.denominator.assign_add(tf.cast(denominator, self.dtype))
+
+    def result(self) -> tf.Tensor:
+        return tf.math.divide_no_nan(self.bits, self.denominator)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(encoding=self.encoding, from_logits=self.from_logits, per=self.per)
+        return config
+
+
+__all__ = [
+    "BinaryGroupAccuracy",
+    "BitsPerByte",
+    "CategoricalGroupAccuracy",
+    "RawGroupAccuracy",
+    "SparseCategoricalGroupAccuracy",
+]
