@@ -174,9 +174,14 @@ def test_byte_decoder_generate_survives_new_prompt_shapes():
     from mlable_keras.models import ByteDecoder, encode_tokens
 
     model = ByteDecoder(token_size=8, embed_dim=4, num_layers=1, num_heads=2)
+    model(encode_tokens(["built"], num_tokens=2, token_size=8))  # weights first: a trace that creates them is traced again
     for num_tokens, batch in ((3, 1), (5, 1), (4, 2), (3, 1)):
         prompt = encode_tokens(["hello world"] * batch, num_tokens=num_tokens, token_size=8)
         tokens, _ = model.generate(prompt, 4)
         reference = model.generate_uncached(prompt, 4)
         assert tokens.shape == (batch, num_tokens + 4, 8)
         assert (tokens.numpy() == reference.numpy()).all()
+    # one trace per distinct prompt shape, reused on the repeat: (1, 3), (1, 5), (2, 4), then (1, 3) again
+    functions = model.__dict__["_generation_functions"]
+    counts = sorted(function.experimental_get_tracing_count() for function in functions.values())
+    assert counts == [3, 3], counts  # the cached and the uncached loop, each traced for three shapes
