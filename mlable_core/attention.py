@@ -381,9 +381,17 @@ def _attend(
     dropout: Callable[[tf.Tensor], tf.Tensor] | None,
     return_scores: bool,
 ) -> tuple[tf.Tensor, tf.Tensor | None]:
-    """Masked softmax attention of ``(B, F, N, H)`` queries over ``(B, S, N, H)`` keys / values."""
+    """Masked softmax attention of ``(B, F, N, H)`` queries over ``(B, S, N, H)`` keys / values.
+
+    With ``K < N`` key / value heads (grouped-query attention), query head ``n``
+    reads key / value head ``n // (N / K)``; the keys and values are never
+    repeated to ``N`` heads: the queries are viewed as ``(B, F, K, N / K, H)``.
+    """
     dtype = query.dtype
     query = query * tf.cast(scale, dtype)
+    heads, groups = query.shape[2], key.shape[2]
+    if heads is not None and groups is not None and groups != heads:
+        return _attend_grouped(query, key, value, visible, groups, dropout, return_scores)
     if query.shape[1] == 1:
         # one query position (decoding): multiply and reduce in the cache layout rather than
         # transposing the keys and values to (B, N, S, H) for a batched matmul
@@ -398,6 +406,31 @@ def _attend(
         output = tf.reduce_sum(mixed_slots * value, axis=1, keepdims=True)  # (B, 1, N, H)
     else:
         output = tf.einsum("bnfs,bsnh->bfnh", mixed, value)  # (B, F, N, H)
+    return output, (weights if return_scores else None)
+
+
+def _attend_grouped(
+    query: tf.Tensor,
+    key: tf.Tensor,
+    value: tf.Tensor,
+    visible: tf.Tensor,
+    groups: int,
+    dropout: Callable[[tf.Tensor], tf.Tensor] | None,
+    return_scores: bool,
+) -> tuple[tf.Tensor, tf.Tensor | None]:
+    """``_attend`` for ``K = groups`` key / value heads shared by ``N / K`` query heads each (scaled queries)."""
+    batch, length, heads, head_dim = dynamic_dims(query)
+    share = query.shape[2] // groups
+    grouped = tf.reshape(query, [batch, length, groups, share, head_dim])  # (B, F, K, G, H)
+    scores = tf.einsum("bfkgh,bskh->bkgfs", grouped, key)  # (B, K, G, F, S)
+    slots = dynamic_dims(key)[1]
+    scores = tf.reshape(scores, [batch, heads, length, slots])  # (B, N, F, S), head n = k * G + g
+    weights = _masked_softmax(scores, visible[:, None], query.dtype)  # (B, N, F, S)
+    mixed = weights if dropout is None else dropout(weights)
+    mixed = tf.reshape(mixed, [batch, groups, share, length, slots])  # (B, K, G, F, S)
+    output = tf.einsum("bkgfs,bskh->bfkgh", mixed, value)  # (B, F, K, G, Hv)
+    value_dim = dynamic_dims(value)[3]
+    output = tf.reshape(output, [batch, length, heads, value_dim])  # (B, F, N, Hv)
     return output, (weights if return_scores else None)
 
 
@@ -453,7 +486,12 @@ def _check_qkv(query: tf.Tensor, key: tf.Tensor, value: tf.Tensor) -> None:
             raise TypeError(f"`query`, `key` and `value` must share one dtype. Received: {text} with dtypes {query.dtype.name}, {key.dtype.name}, {value.dtype.name}")
     _check_same_dim({"query B": query_shape[0], "key B": key_shape[0], "value B": value_shape[0]}, "batch sizes B", text)
     _check_same_dim({"key S": key_shape[1], "value S": value_shape[1]}, "key and value lengths S", text)
-    _check_same_dim({"query N": query_shape[2], "key N": key_shape[2], "value N": value_shape[2]}, "head counts N", text)
+    _check_same_dim({"key N": key_shape[2], "value N": value_shape[2]}, "key and value head counts", text)
+    if query_shape[2] is not None and key_shape[2] is not None and query_shape[2] % key_shape[2]:
+        raise ValueError(
+            "The key / value head count K must divide the query head count N (grouped-query attention: each key / "
+            f"value head serves N / K query heads). Received: {text}"
+        )
     _check_same_dim({"query H": query_shape[3], "key H": key_shape[3]}, "query and key head sizes H", text)
 
 
@@ -632,7 +670,10 @@ def cached_attention(
     if span == "buckets" and not isinstance(slots, int):
         span = "allocated"  # buckets need a static T
 
-    row_slices = span == "filled" and query.shape[1] == 1 and all(dim is not None for dim in cache.shape.as_list())
+    row_slices = (
+        span == "filled" and query.shape[1] == 1 and all(dim is not None for dim in cache.shape.as_list())
+        and query.shape[2] == cache.shape[3]
+    )
 
     def attend_over(length: int | tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None]:
         mask = None if attention_mask is None else tf.convert_to_tensor(attention_mask)

@@ -315,3 +315,56 @@ def test_byte_decoder_logits_depend_on_relative_positions_only():
     prefill, cache = model.forward(tokens[:, :4], cache=cache, step=0)
     decoded, _ = model.forward(tokens[:, 4:], cache=cache, step=4)
     np.testing.assert_allclose(np.concatenate([prefill, decoded], 1), base, atol=1e-4)
+
+
+# grouped-query heads -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2])
+def test_grouped_query_heads_equal_keras_group_query_attention(kv_heads):
+    x, memory = data(2, 6, 16), data(2, 5, 16, seed=1)
+    layer = CachedMultiHeadAttention(num_heads=4, key_dim=8, num_key_value_heads=kv_heads)
+    outputs = layer(x, memory, use_causal_mask=False)
+    twin = keras.layers.GroupQueryAttention(head_dim=8, num_query_heads=4, num_key_value_heads=kv_heads)
+    twin(x, memory)
+    assert [w.shape for w in twin.weights] == [w.shape for w in layer.weights]
+    twin.set_weights(layer.get_weights())
+    np.testing.assert_allclose(outputs.numpy(), twin(x, memory).numpy(), atol=1e-5)
+    np.testing.assert_allclose(layer(x, x).numpy(), twin(x, x, use_causal_mask=True).numpy(), atol=1e-5)
+    assert layer.key_dense.kernel.shape == (16, kv_heads, 8)  # K heads of keys and values, never N
+
+
+@settings(max_examples=8)
+@given(st.lists(st.integers(1, 3), min_size=1, max_size=4), st.booleans(), st.integers(0, 2**16))
+def test_grouped_query_decoding_in_chunks_equals_the_full_pass(chunks, rope, seed):
+    length = sum(chunks)
+    x = data(2, length, 16, seed=seed)
+    layer = CachedMultiHeadAttention(num_heads=4, key_dim=8, num_key_value_heads=2, rotary=rope or None)
+    expected = layer(x, x).numpy()
+    cache = attention.create_cache(2, length + 2, 2, 8)
+    step_fn = tf.function(lambda part, cache, step: layer(part, part, cache=cache, step=step), jit_compile=True)
+    outputs, position = [], 0
+    for size in chunks:
+        output, cache = step_fn(x[:, position : position + size], cache, tf.constant(position))
+        outputs.append(output.numpy())
+        position += size
+    assert cache.shape == (2, 2, length + 2, 2, 8)  # the cache holds K = 2 heads, half of N = 4
+    np.testing.assert_allclose(np.concatenate(outputs, 1), expected, atol=1e-5)
+
+
+def test_grouped_query_heads_round_trip_and_errors(tmp_path):
+    x = data(2, 4, 16)
+    layer = CachedMultiHeadAttention(num_heads=4, key_dim=8, num_key_value_heads=2, rotary=True)
+    inputs = keras.Input((None, 16))
+    model = keras.Model(inputs, layer(inputs, inputs))
+    path = str(tmp_path / "gqa.keras")
+    model.save(path)
+    np.testing.assert_allclose(keras.saving.load_model(path)(x).numpy(), model(x).numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match=r"`num_key_value_heads` must divide `num_heads`.*num_heads=4, num_key_value_heads=3"):
+        CachedMultiHeadAttention(num_heads=4, key_dim=8, num_key_value_heads=3)
+    with pytest.raises(ValueError, match=r"argument `num_key_value_heads`.*Received: num_key_value_heads=0"):
+        CachedMultiHeadAttention(num_heads=4, key_dim=8, num_key_value_heads=0)
+    with pytest.raises(ValueError, match=r"`cache` must have shape \(2, B, T, K=2 key / value heads, H=8\)\. Received: cache with shape \(2, 2, 6, 4, 8\)"):
+        layer(x, x, cache=attention.create_cache(2, 6, 4, 8), step=0)
+    with pytest.raises(ValueError, match=r"Grouped-query heads \(`num_key_value_heads`\) need 3D inputs"):
+        CachedMultiHeadAttention(num_heads=4, key_dim=8, num_key_value_heads=2)(data(2, 3, 3, 16), data(2, 3, 3, 16), use_causal_mask=False)

@@ -15,6 +15,7 @@ import math
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from mlable_core import attention, rotary, shapes
@@ -168,7 +169,9 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
         TensorShape([2, 1, 64])
     """
 
-    def __init__(self, num_heads: int, key_dim: int, *args: Any, rotary: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self, num_heads: int, key_dim: int, *args: Any, rotary: Any = None, num_key_value_heads: int | None = None, **kwargs: Any
+    ) -> None:
         # Keras' own checks and wording (Keras before 3.12 accepts non-positive sizes silently)
         value_dim = kwargs.get("value_dim", args[0] if args else None)
         for name, value, optional in (("num_heads", num_heads, False), ("key_dim", key_dim, False), ("value_dim", value_dim, True)):
@@ -177,14 +180,67 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 expected = "a positive integer or `None`" if optional else "a positive integer"
                 raise ValueError(f"Received an invalid value for argument `{name}`, expected {expected}. Received: {name}={value!r}")
+        if num_key_value_heads is not None:
+            if isinstance(num_key_value_heads, bool) or not isinstance(num_key_value_heads, int) or num_key_value_heads <= 0:
+                raise ValueError(
+                    "Received an invalid value for argument `num_key_value_heads`, expected a positive integer or `None`. "
+                    f"Received: num_key_value_heads={num_key_value_heads!r}"
+                )
+            if num_heads % num_key_value_heads:
+                raise ValueError(
+                    "`num_key_value_heads` must divide `num_heads` (each key / value head serves num_heads / "
+                    f"num_key_value_heads query heads). Received: num_heads={num_heads}, num_key_value_heads={num_key_value_heads}"
+                )
         super().__init__(num_heads, key_dim, *args, **kwargs)
         self.rotary = _normalize_rotary(rotary)
+        self.num_key_value_heads = num_heads if num_key_value_heads is None else num_key_value_heads
+        if self.num_key_value_heads != num_heads and _compat.mha_flash_attention(self):
+            raise ValueError("Grouped-query heads (`num_key_value_heads` < `num_heads`) do not support Keras' flash attention")
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         if self.rotary is not None:  # absent otherwise: the config is then exactly MultiHeadAttention's
             config["rotary"] = dict(self.rotary)
+        if self.num_key_value_heads != self._num_heads:
+            config["num_key_value_heads"] = self.num_key_value_heads
         return config
+
+    def build(self, query_shape: Any, value_shape: Any, key_shape: Any = None) -> None:
+        if self.num_key_value_heads == self._num_heads:
+            super().build(query_shape, value_shape, key_shape)
+            return
+        # grouped-query heads: Keras' projections, with K key / value heads instead of N
+        key_shape = value_shape if key_shape is None else key_shape
+        query_shape, value_shape, key_shape = (tuple(shape) for shape in (query_shape, value_shape, key_shape))
+        if {len(query_shape), len(value_shape), len(key_shape)} != {3}:
+            raise ValueError(
+                "Grouped-query heads (`num_key_value_heads`) need 3D inputs (B, F, E). Received: query shape "
+                f"{shapes.format_shape(query_shape)}, value shape {shapes.format_shape(value_shape)}, key shape {shapes.format_shape(key_shape)}"
+            )
+        if self._attention_axes is not None and tuple(np.atleast_1d(self._attention_axes)) not in ((1,), (-2,)):
+            raise ValueError(f"Grouped-query heads attend over axis 1 only. Received: attention_axes={self._attention_axes}")
+        common = self._get_common_kwargs_for_sublayer()
+
+        def projection(heads: int, size: int, name: str, **extra: Any) -> Any:
+            return keras.layers.EinsumDense(
+                "abc,cde->abde", output_shape=(None, heads, size), bias_axes="de" if self._use_bias else None,
+                name=name, **extra, **common,
+            )
+
+        self._query_dense = projection(self._num_heads, self._key_dim, "query")
+        self._query_dense.build(query_shape)
+        self._key_dense = projection(self.num_key_value_heads, self._key_dim, "key")
+        self._key_dense.build(key_shape)
+        if _compat.mha_use_gate(self):
+            self._gate_dense = projection(self._num_heads, self._value_dim, "gate", activation="sigmoid")
+            self._gate_dense.build(query_shape)
+        self._value_dense = projection(self.num_key_value_heads, self._value_dim, "value")
+        self._value_dense.build(value_shape)
+        self._attention_axes = None
+        self._build_attention(4)
+        self._output_dense = self._make_output_dense(query_shape, common, "attention_output")
+        self._output_dense.build(query_shape[:-1] + (self._num_heads, self._value_dim))
+        self.built = True
 
     # ------------------------------------------------------------------ call
 
@@ -381,6 +437,11 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
             and (attention_mask is None or _rank(attention_mask) <= 3)
             and not _compat.mha_flash_attention(self)
         )
+        if not served and self.num_key_value_heads != self._num_heads:
+            raise ValueError(
+                "Grouped-query heads need (B, F, N, H) projections attending over axis 1, a mask of rank <= 3 and no "
+                f"flash attention. Received: query with shape {shapes.format_shape(query.shape)}"
+            )
         if not served:
             if use_causal_mask and not _compat.MHA_COMPUTE_ATTENTION_TAKES_CAUSAL:
                 causal = self._compute_causal_mask(query, value)
@@ -442,11 +503,12 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
                 "Keras masks on `value` / `key` only cover the F new positions, not the cache slots written "
                 "before: with a cache, pass `attention_mask` of shape (B, F, T) over the slots instead"
             )
-        expected = (2, None, None, self._num_heads, self._key_dim)
+        expected = (2, None, None, self.num_key_value_heads, self._key_dim)
         cache_shape = tuple(cache.shape)
         if len(cache_shape) != 5 or any(e is not None and d is not None and d != e for d, e in zip(cache_shape, expected)):
+            heads = f"N={self._num_heads}" if self.num_key_value_heads == self._num_heads else f"K={self.num_key_value_heads} key / value heads"
             raise ValueError(
-                f"`cache` must have shape (2, B, T, N={self._num_heads}, H={self._key_dim}). "
+                f"`cache` must have shape (2, B, T, {heads}, H={self._key_dim}). "
                 f"Received: cache with shape {shapes.format_shape(cache_shape)}"
             )
 
