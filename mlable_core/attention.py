@@ -357,7 +357,21 @@ def _user_mask(mask: tf.Tensor, query_length: int | tf.Tensor, key_length: int |
             f"`attention_mask` must have shape (B, F, S) with F={queries} query positions (or 1) and "
             f"S={keys} key slots (or 1). Received: attention_mask with shape {shapes.format_shape(static)}"
         )
-    return mask if mask.dtype == tf.bool else tf.not_equal(mask, tf.zeros((), mask.dtype))
+    if mask.dtype == tf.bool:
+        return mask
+    if mask.dtype.is_floating:
+        # a float mask must hold 0 / 1: an additive mask (0 visible, -1e9 hidden) read as "nonzero = visible"
+        # would be inverted silently (asserted eagerly and in graphs; XLA drops the assertion)
+        binary = tf.reduce_all(tf.logical_or(tf.equal(mask, 0), tf.equal(mask, 1)))
+        check = tf.debugging.Assert(
+            binary,
+            ["`attention_mask` of a float dtype must hold only 0 (hidden) and 1 (visible); an additive mask "
+             "(0 visible, a large negative number hidden) must be converted first, e.g. `attention_mask == 0`. "
+             "Received values with min and max:", tf.reduce_min(mask), tf.reduce_max(mask)],
+        )
+        with tf.control_dependencies([check]):
+            return tf.not_equal(mask, tf.zeros((), mask.dtype))
+    return tf.not_equal(mask, tf.zeros((), mask.dtype))
 
 
 def _masked_softmax(scores: tf.Tensor, visible: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
@@ -495,8 +509,19 @@ def _check_qkv(query: tf.Tensor, key: tf.Tensor, value: tf.Tensor) -> None:
     _check_same_dim({"query H": query_shape[3], "key H": key_shape[3]}, "query and key head sizes H", text)
 
 
-def _scale(query: tf.Tensor, scale: float | None) -> float:
+def _scale(query: tf.Tensor, scale: float | tf.Tensor | None) -> float | tf.Tensor:
+    """The score scale: a Python float, or a scalar tensor / ``tf.Variable`` kept as is (a learnable temperature
+    keeps its gradient, and a symbolic tensor works inside ``tf.function``)."""
+    if isinstance(scale, (tf.Tensor, tf.Variable)) or (scale is not None and hasattr(scale, "dtype") and hasattr(scale, "shape")):
+        tensor = tf.convert_to_tensor(scale) if not isinstance(scale, tf.Variable) else scale
+        if tensor.shape.rank not in (None, 0) or not tensor.dtype.is_floating:
+            raise ValueError(
+                f"`scale` must be a number or a floating scalar tensor. Received: scale with shape {tensor.shape} and dtype {tensor.dtype.name}"
+            )
+        return scale
     if scale is not None:
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+            raise TypeError(f"`scale` must be a number or a floating scalar tensor. Received: scale={scale!r}")
         return float(scale)
     head_dim = query.shape[-1]
     if head_dim is None:
@@ -512,7 +537,7 @@ def attention(
     attention_mask: tf.Tensor | None = None,
     use_causal_mask: bool = True,
     sliding_window: int | None = None,
-    scale: float | None = None,
+    scale: float | tf.Tensor | None = None,
     dropout: Callable[[tf.Tensor], tf.Tensor] | None = None,
     return_scores: bool = False,
 ) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor]:
@@ -530,7 +555,7 @@ def attention(
         attention_mask: optional boolean ``(B, F, S)`` (``B``, ``F`` may be 1).
         use_causal_mask: hide the keys after each query.
         sliding_window: optional positive int, keys farther than it are hidden.
-        scale: the score scale, ``1 / sqrt(H)`` by default.
+        scale: the score scale, ``1 / sqrt(H)`` by default; a float, or a scalar tensor / ``tf.Variable`` (its gradient flows).
         dropout: optional callable applied to the attention weights before
             they mix the values (e.g. a bound Keras ``Dropout``).
         return_scores: also return the weights.
@@ -585,7 +610,7 @@ def cached_attention(
     attention_mask: tf.Tensor | None = None,
     use_causal_mask: bool = True,
     sliding_window: int | None = None,
-    scale: float | None = None,
+    scale: float | tf.Tensor | None = None,
     dropout: Callable[[tf.Tensor], tf.Tensor] | None = None,
     return_scores: bool = False,
     span: str = "auto",
@@ -608,7 +633,7 @@ def cached_attention(
             (with ``step=None``: over the ``T + F`` slots after the append).
         use_causal_mask: query ``i`` sees slots ``<= step + i`` only.
         sliding_window: optional positive int; slots at distance ``>=`` it are hidden.
-        scale: score scale, ``1 / sqrt(H)`` by default.
+        scale: score scale, ``1 / sqrt(H)`` by default; a float, or a scalar tensor / ``tf.Variable``.
         dropout: optional callable applied to the attention weights.
         return_scores: also return the weights ``(B, N, F, T)``.
         span: which slots the attention reads: ``"auto"`` (``"filled"``
@@ -670,9 +695,11 @@ def cached_attention(
     if span == "buckets" and not isinstance(slots, int):
         span = "allocated"  # buckets need a static T
 
+    # the row-slice decode path unrolls one matmul pair per batch row: kept for B = 1 only, so that no graph
+    # grows with the batch (at B = 512 it had 11,896 ops and took 12 s to trace)
     row_slices = (
         span == "filled" and query.shape[1] == 1 and all(dim is not None for dim in cache.shape.as_list())
-        and query.shape[2] == cache.shape[3]
+        and query.shape[2] == cache.shape[3] and cache.shape[1] == 1
     )
 
     def attend_over(length: int | tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None]:

@@ -446,3 +446,44 @@ ERRORS = [
 def test_errors(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+def test_scale_as_a_variable_keeps_its_gradient_and_traces():
+    rng = np.random.default_rng(30)
+    q, k, v = (tf.constant(a) for a in random_qkv(rng, 2, 3, 2, 4))
+    temperature = tf.Variable(0.5)
+    with tf.GradientTape() as tape:
+        output = attention.attention(q, k, v, scale=temperature)
+    gradient = tape.gradient(output, temperature)
+    assert gradient is not None and np.isfinite(gradient.numpy())
+    np.testing.assert_allclose(output.numpy(), attention.attention(q, k, v, scale=0.5).numpy(), atol=1e-6)
+    graph = tf.function(lambda scale: attention.attention(q, k, v, scale=scale))
+    np.testing.assert_allclose(graph(tf.constant(0.5)).numpy(), output.numpy(), atol=1e-6)
+    cache = attention.create_cache(2, 5, 2, 4)
+    cached = tf.function(lambda scale: attention.cached_attention(q, k, v, cache, 0, scale=scale)[0], jit_compile=True)
+    np.testing.assert_allclose(cached(temperature).numpy(), output.numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match=r"`scale` must be a number or a floating scalar tensor\. Received: scale with shape \(2,\)"):
+        attention.attention(q, k, v, scale=tf.constant([0.5, 0.5]))
+
+
+def test_an_additive_float_mask_is_rejected_not_inverted():
+    rng = np.random.default_rng(31)
+    q, k, v = random_qkv(rng, 1, 3, 2, 4)
+    additive = np.where(np.tril(np.ones((3, 3))), 0.0, -1e9)[None].astype("float32")
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"`attention_mask` of a float dtype must hold only 0 \(hidden\) and 1 \(visible\)"):
+        attention.attention(q, k, v, attention_mask=additive, use_causal_mask=False)
+    binary = (additive == 0).astype("float32")
+    np.testing.assert_allclose(
+        attention.attention(q, k, v, attention_mask=binary, use_causal_mask=False).numpy(),
+        attention.attention(q, k, v).numpy(), atol=1e-6,
+    )
+
+
+def test_decode_graph_does_not_grow_with_the_batch():
+    def op_count(batch):
+        q = tf.zeros((batch, 1, 2, 4))
+        cache = attention.create_cache(batch, 16, 2, 4)
+        graph = tf.function(lambda q, cache, step: attention.cached_attention(q, q, q, cache, step)[0])
+        return len(graph.get_concrete_function(q, cache, tf.constant(3)).graph.get_operations())
+
+    assert op_count(64) == op_count(2)
