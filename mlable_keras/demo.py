@@ -1,15 +1,17 @@
-"""The main job: train a small byte-level language model and generate text with its KV cache.
+"""The main job: train a small byte-level language model, score it in bits per byte, and generate text.
 
-    python -m mlable_keras.demo [--quick] [--corpus PATH] [--prompt TEXT] [--temperature T] [--top-p P] [--seed S]
+    python -m mlable_keras.demo [--quick] [--corpus PATH] [--minutes M] [--prompt TEXT]
+                                [--temperature T] [--top-k K] [--top-p P] [--seed S] [--output DIR]
 
 Every step uses the library: the corpus is encoded to UTF-32-BE bytes
 (``mlable_core.text``) and grouped into tokens (``mlable_core.reshaping``); the
 model (``mlable_keras.models.ByteDecoder``) stacks ``TokunEmbedding``,
-``RotaryPositionalEmbedding``, ``CachedMultiHeadAttention``, ``FeedForwardGate``
-and ``Divide``; training reports byte / character / token accuracy with the
-group-accuracy metrics; generation runs the KV cache in one compiled loop
-(``mlable_core.decoding``), is checked token for token against the uncached
-loop, and the model round-trips through a ``.keras`` file.
+``CachedMultiHeadAttention`` with RoPE, ``FeedForwardGate`` and ``Divide``;
+training reports byte / character / token accuracy with the group-accuracy
+metrics and bits per byte with ``BitsPerByte``, which the run compares with
+zlib, bz2 and lzma on the same validation text; generation runs the KV cache in
+one compiled loop (``mlable_core.decoding``), is checked token for token against
+the uncached loop, and the model round-trips through a ``.keras`` file.
 
 The run exits with status 1 when one of its checks fails, 2 on bad arguments
 or a bad corpus.
@@ -17,19 +19,35 @@ or a bad corpus.
 
 from __future__ import annotations
 
-import argparse
 import os
+
+# before TensorFlow loads (when the demo is the first import): no C++ info and warning lines
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import argparse
+import bz2
+import functools
+import lzma
+import math
 import sys
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import keras
 import numpy as np
 
 from mlable_keras import corpus, metrics
 from mlable_keras.models.byte_decoder import ByteDecoder, decode_tokens, encode_tokens
+
+try:  # absl prints a warning per compiled function otherwise
+    import absl.logging
+
+    absl.logging.set_verbosity(absl.logging.ERROR)
+except ImportError:  # pragma: no cover - TensorFlow depends on absl
+    pass
 
 
 @dataclass(frozen=True)
@@ -43,14 +61,17 @@ class Settings:
     num_layers: int
     num_heads: int
     hidden_dim: int
-    epochs: int
+    epochs: int  # at most; ``minutes`` may stop training earlier
     batch_size: int
-    learning_rate: float
+    learning_rate: float  # the peak of the warm-up + cosine schedule
     max_new_tokens: int
+    minutes: float | None = None  # training time budget, None for no limit
 
 
-FULL = Settings(characters=240_000, num_tokens=64, token_size=8, embed_dim=32, num_layers=2, num_heads=4, hidden_dim=512, epochs=5, batch_size=16, learning_rate=1e-3, max_new_tokens=32)
-QUICK = Settings(characters=40_000, num_tokens=32, token_size=8, embed_dim=16, num_layers=1, num_heads=2, hidden_dim=256, epochs=1, batch_size=16, learning_rate=2e-3, max_new_tokens=8)
+FULL = Settings(characters=480_000, num_tokens=128, token_size=4, embed_dim=64, num_layers=2, num_heads=4, hidden_dim=512, epochs=40, batch_size=32, learning_rate=3e-3, max_new_tokens=64, minutes=4.5)
+QUICK = Settings(characters=40_000, num_tokens=32, token_size=8, embed_dim=16, num_layers=1, num_heads=2, hidden_dim=256, epochs=2, batch_size=16, learning_rate=3e-3, max_new_tokens=16, minutes=None)
+VALIDATION_SHARE = 0.1  # the last rows of the corpus
+SAMPLE_TEMPERATURE = 0.8
 
 
 @dataclass
@@ -58,11 +79,19 @@ class Report:
     """What the run measured and checked (``run`` returns it; the tests read it)."""
 
     rows: int = 0
+    output: str = ""
     loss_before: float = float("nan")
     loss_after: float = float("nan")
     accuracies: dict[str, float] = field(default_factory=dict)
+    bits_per_byte: float = float("nan")  # of the model on the validation targets
+    bits_per_character: float = float("nan")
+    compressors: dict[str, float] = field(default_factory=dict)  # bits per byte on the same text
+    validation_bytes: int = 0  # UTF-8 bytes of the validation targets
+    epochs_run: int = 0
+    training_seconds: float = 0.0
     prompt: str = ""
     completion: str = ""
+    samples: list[tuple[str, str, str]] = field(default_factory=list)  # (prompt, greedy, sampled)
     cached_equals_uncached: bool = False
     cached_tokens_per_second: float = 0.0
     uncached_tokens_per_second: float = 0.0
@@ -88,6 +117,84 @@ def build_dataset(text: str, settings: Settings) -> tuple[np.ndarray, np.ndarray
     return tokens[:, :-1], tokens[:, 1:]
 
 
+def split_dataset(inputs: np.ndarray, targets: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Returns ``(train, valid)``: the last ``VALIDATION_SHARE`` of the rows (at least one) are the validation."""
+    split = len(inputs) - max(1, round(len(inputs) * VALIDATION_SHARE))
+    return (inputs[:split], targets[:split]), (inputs[split:], targets[split:])
+
+
+def target_text(targets: np.ndarray) -> str:
+    """The text of UTF-32-BE byte tokens ``(R, L, K)``, rows joined, without NUL padding (what ``BitsPerByte`` scores)."""
+    return np.asarray(targets, dtype=np.uint8).tobytes().decode("utf-32-be").replace("\0", "")
+
+
+def _zlib(data: bytes) -> bytes:
+    return zlib.compress(data, 9)
+
+
+def _bz2(data: bytes) -> bytes:
+    return bz2.compress(data, 9)
+
+
+def _lzma(data: bytes) -> bytes:
+    return lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)
+
+
+COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {"zlib": _zlib, "bz2": _bz2, "lzma": _lzma}
+
+
+def compressor_bits_per_byte(train: str, valid: str) -> dict[str, float]:
+    """Bits per UTF-8 byte that each compressor spends on ``valid`` after having seen ``train``.
+
+    ``8 * (len(compress(train + valid)) - len(compress(train))) / len(valid in UTF-8)``: the
+    compressors get the training text as context, as the model got it as training data.
+    """
+    train_bytes, valid_bytes = train.encode("utf-8"), valid.encode("utf-8")
+    if not valid_bytes:
+        raise ValueError("`valid` must not be empty.")
+    return {
+        name: 8 * (len(compress(train_bytes + valid_bytes)) - len(compress(train_bytes))) / len(valid_bytes)
+        for name, compress in COMPRESSORS.items()
+    }
+
+
+class Schedule(keras.callbacks.Callback):
+    """Warm-up then cosine decay of the learning rate, over a step count or a time budget, whichever ends first.
+
+    The progress is ``max(steps / total_steps, seconds / (60 * minutes))``; the learning rate rises
+    linearly to ``peak`` over the first ``warmup`` of it, then decays on a cosine to ``floor * peak``,
+    and training stops once the progress reaches 1 (at the end of that batch; Keras then validates).
+    """
+
+    def __init__(self, peak: float, total_steps: int, minutes: float | None = None, warmup: float = 0.05, floor: float = 0.05) -> None:
+        super().__init__()
+        self.peak, self.total_steps, self.minutes, self.warmup, self.floor = peak, total_steps, minutes, warmup, floor
+        self.steps = 0
+        self.start = 0.0
+
+    def progress(self) -> float:
+        steps = self.steps / self.total_steps
+        seconds = 0.0 if self.minutes is None else (time.perf_counter() - self.start) / (60 * self.minutes)
+        return min(1.0, max(steps, seconds))
+
+    def learning_rate(self, progress: float) -> float:
+        if progress < self.warmup:
+            return self.peak * (progress + 1 / self.total_steps) / self.warmup
+        decay = (progress - self.warmup) / (1 - self.warmup)
+        return self.peak * (self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * decay)))
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self.model.optimizer.learning_rate.assign(min(self.peak, self.learning_rate(self.progress())))
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.steps += 1
+        if self.progress() >= 1.0:
+            self.model.stop_training = True
+
+
 def build_model(settings: Settings) -> ByteDecoder:
     model = ByteDecoder(
         token_size=settings.token_size,
@@ -103,6 +210,8 @@ def build_model(settings: Settings) -> ByteDecoder:
             metrics.SparseCategoricalGroupAccuracy(group=1, name="byte_accuracy"),
             metrics.SparseCategoricalGroupAccuracy(group=4, name="character_accuracy"),
             metrics.SparseCategoricalGroupAccuracy(group=settings.token_size, name="token_accuracy"),
+            metrics.BitsPerByte(),
+            metrics.BitsPerByte(per="character", name="bits_per_character"),
         ],
         jit_compile=True,
     )
@@ -120,7 +229,8 @@ def _tokens_per_second(function: Any, count: int, repeats: int = 3) -> float:
     return count / float(np.median(timings))
 
 
-def _plot(history: dict[str, list[float]], path: str) -> str | None:
+def _plot(history: dict[str, list[float]], path: str, compressors: dict[str, float] | None = None) -> str | None:
+    """Loss, accuracies and bits per byte per epoch; a training curve and its validation share a colour."""
     try:
         import matplotlib
         import matplotlib.ticker
@@ -129,13 +239,21 @@ def _plot(history: dict[str, list[float]], path: str) -> str | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, values in history.items():
-        axis = left if "loss" in key else right
-        axis.plot(range(1, len(values) + 1), values, marker="o", label=key)
-    left.set(title="loss", xlabel="epoch")
-    right.set(title="accuracy", xlabel="epoch", ylim=(0, 1))
-    for axis in (left, right):
+    figure, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4))
+    colours = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 2)
+    for key in [key for key in history if not key.startswith("val_")]:
+        axis = left if key == "loss" else right if key.startswith("bits") else middle
+        colour = next(colours)
+        for name, style in ((key, "-"), (f"val_{key}", "--")):
+            if name in history:
+                values = history[name]
+                axis.plot(range(1, len(values) + 1), values, style, color=colour, marker="o", markersize=3, label=name)
+    for (name, value), style in zip((compressors or {}).items(), (":", "-.", (0, (1, 3)))):
+        right.axhline(value, color="grey", linestyle=style, label=f"{name} -9 ({value:.2f})")
+    left.set(title="loss", xlabel="epoch", ylabel="cross-entropy (nats per UTF-32 byte)")
+    middle.set(title="accuracy", xlabel="epoch", ylabel="share of targets right", ylim=(0, 1))
+    right.set(title="bits per byte (lower is better)", xlabel="epoch", ylabel="bits per UTF-8 byte / character")
+    for axis in (left, middle, right):
         axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         axis.legend(fontsize=7)
         axis.grid(alpha=0.3)
@@ -143,6 +261,12 @@ def _plot(history: dict[str, list[float]], path: str) -> str | None:
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+def _prompt_array(prompt: str, settings: Settings, prompt_tokens: int) -> np.ndarray:
+    characters = settings.token_size // 4
+    padded = prompt.rjust(-(-len(prompt) // characters) * characters)[-prompt_tokens * characters :]
+    return encode_tokens([padded], len(padded) // characters, settings.token_size).numpy()
 
 
 def run(
@@ -161,16 +285,20 @@ def run(
     say = print if verbose else (lambda *args, **kwargs: None)
     keras.utils.set_random_seed(seed)
     report = Report()
-    output = output or tempfile.mkdtemp(prefix="mlable-demo-")
-    os.makedirs(output, exist_ok=True)
+    report.output = output or tempfile.mkdtemp(prefix="mlable-demo-")
+    os.makedirs(report.output, exist_ok=True)
+    say(f"outputs (.keras model, training.png): {report.output}")
 
     inputs, targets = build_dataset(text, settings)
     report.rows = len(inputs)
-    split = max(1, len(inputs) // 20)
-    train = (inputs[split:], targets[split:])
-    valid = (inputs[:split], targets[:split])
+    train, valid = split_dataset(inputs, targets)
     say(f"corpus: {len(text):,} characters from {source} -> {len(inputs)} rows of {settings.num_tokens} tokens "
-        f"x {settings.token_size} bytes ({settings.token_size // 4} UTF-32 characters per token)")
+        f"x {settings.token_size} bytes ({settings.token_size // 4} UTF-32 characters per token); "
+        f"the last {len(valid[0])} rows are the validation")
+
+    train_text, valid_text = target_text(train[1]), target_text(valid[1])
+    report.validation_bytes = len(valid_text.encode("utf-8"))
+    report.compressors = compressor_bits_per_byte(train_text, valid_text)
 
     model = build_model(settings)
     model(inputs[:1])
@@ -178,29 +306,33 @@ def run(
         f"{model.count_params():,} parameters")
 
     report.loss_before = float(model.evaluate(*valid, batch_size=settings.batch_size, verbose=0, return_dict=True)["loss"])
-    say(f"\ntraining for {settings.epochs} epoch(s) (validation loss before: {report.loss_before:.3f})")
+    budget = "" if settings.minutes is None else f", at most {settings.minutes:g} minutes"
+    say(f"\ntraining for up to {settings.epochs} epoch(s){budget} (validation loss before: {report.loss_before:.3f})")
+    steps_per_epoch = -(-len(train[0]) // settings.batch_size)
+    schedule = Schedule(settings.learning_rate, settings.epochs * steps_per_epoch, settings.minutes)
+    start = time.perf_counter()
     history = model.fit(
-        *train, validation_data=valid, epochs=settings.epochs, batch_size=settings.batch_size, verbose=verbose, shuffle=True
+        *train, validation_data=valid, epochs=settings.epochs, batch_size=settings.batch_size, verbose=verbose,
+        shuffle=True, callbacks=[schedule],
     )
+    report.training_seconds = time.perf_counter() - start
     report.history = {key: [float(value) for value in values] for key, values in history.history.items()}
+    report.epochs_run = len(report.history.get("loss", []))
     scores = model.evaluate(*valid, batch_size=settings.batch_size, verbose=0, return_dict=True)
     report.loss_after = float(scores["loss"])
     report.accuracies = {key: float(value) for key, value in scores.items() if key.endswith("accuracy")}
+    report.bits_per_byte = float(scores["bits_per_byte"])
+    report.bits_per_character = float(scores["bits_per_character"])
 
     # generation: a prompt of whole tokens, continued with the cache and checked against the uncached loop
-    prompt_tokens = max(1, min(settings.num_tokens // 2, 8))
-    if prompt is None:
-        prompt_array = valid[0][:1, :prompt_tokens]
-    else:
-        characters = settings.token_size // 4
-        padded = prompt.rjust(-(-len(prompt) // characters) * characters)[-prompt_tokens * characters :]
-        prompt_array = encode_tokens([padded], len(padded) // characters, settings.token_size).numpy()
+    prompt_tokens = max(1, min(settings.num_tokens // 2, 32 * 4 // settings.token_size))  # about 32 characters
+    prompt_array = valid[0][:1, :prompt_tokens] if prompt is None else _prompt_array(prompt, settings, prompt_tokens)
     report.prompt = decode_tokens(prompt_array)[0]
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=(seed, 0))
     count = settings.max_new_tokens
     say(f"\ngenerating {count} tokens after the prompt {report.prompt!r} "
         f"({'greedy' if temperature == 0 else f'temperature {temperature}, top-k {top_k}, top-p {top_p}'})")
-    bar = keras.utils.Progbar(4, verbose=verbose, stateful_metrics=["step"])
+    bar = keras.utils.Progbar(5, verbose=verbose, stateful_metrics=["step"])
     cached, _ = model.generate(prompt_array, count, **sampling)
     bar.update(1)
     uncached = model.generate_uncached(prompt_array, count, **sampling)
@@ -211,18 +343,36 @@ def run(
     report.uncached_tokens_per_second = _tokens_per_second(lambda: model.generate_uncached(prompt_array, count, **sampling), count)
     bar.update(4)
     report.completion = decode_tokens(cached[:, prompt_array.shape[1] :])[0]
-    say(f"\n{report.prompt}\u2502{report.completion}\n")
 
-    report.model_path = os.path.join(output, "byte_decoder.keras")
+    # three validation prompts, greedy and sampled, in one batch each
+    prompts = valid[0][1:4, :prompt_tokens] if len(valid[0]) >= 4 else inputs[-3:, :prompt_tokens]
+    greedy, _ = model.generate(prompts, count)
+    sampled, _ = model.generate(prompts, count, temperature=SAMPLE_TEMPERATURE, seed=(seed, 1))
+    bar.update(5)
+    report.samples = list(zip(decode_tokens(prompts), decode_tokens(greedy[:, prompt_tokens:]), decode_tokens(sampled[:, prompt_tokens:])))
+    say(f"\n{report.prompt}\u2502{report.completion}\n")
+    say(f"validation prompts \u2502 greedy, then sampled at temperature {SAMPLE_TEMPERATURE} (seed {seed}):")
+    for head, greedy_text, sampled_text in report.samples:
+        say(f"  {head!r}\n    greedy : {greedy_text!r}\n    sampled: {sampled_text!r}")
+
+    report.model_path = os.path.join(report.output, "byte_decoder.keras")
     model.save(report.model_path)
     reloaded = keras.saving.load_model(report.model_path)
     probe = valid[0][:2]
     report.reload_equal = bool(np.array_equal(model(probe).numpy(), reloaded(probe).numpy()))
-    report.plot_path = _plot(report.history, os.path.join(output, "training.png"))
+    report.plot_path = _plot(report.history, os.path.join(report.output, "training.png"), report.compressors)
+
+    say(f"\nbits per byte on the validation text ({report.validation_bytes:,} UTF-8 bytes; the compressors "
+        f"also see the {len(train_text):,} training characters first)")
+    table = [("mlable ByteDecoder", report.bits_per_byte), *[(f"{name} -9", value) for name, value in report.compressors.items()]]
+    for name, value in table:
+        say(f"  {name.ljust(18)}  {value:5.3f}" + ("  (model)" if name.startswith("mlable") else ""))
 
     rows = [
         ("validation loss", f"{report.loss_before:.3f} -> {report.loss_after:.3f}", report.loss_after < report.loss_before),
+        ("validation bits per byte / character", f"{report.bits_per_byte:.3f} / {report.bits_per_character:.3f}", None),
         *[(name.replace("_", " "), f"{value:.1%}", None) for name, value in report.accuracies.items()],
+        ("training", f"{report.epochs_run} epoch(s) in {report.training_seconds:.0f} s", None),
         ("cached == uncached generation", str(report.cached_equals_uncached), report.cached_equals_uncached),
         ("tokens / s, cached (XLA loop)", f"{report.cached_tokens_per_second:,.0f}", None),
         ("tokens / s, uncached (XLA loop)", f"{report.uncached_tokens_per_second:,.0f}", None),
@@ -231,11 +381,28 @@ def run(
         ("training curves", report.plot_path or "matplotlib not installed (pip install 'mlable[plot]')", None),
     ]
     width = max(len(name) for name, _, _ in rows)
-    say("summary")
+    say("\nsummary")
     for name, value, check in rows:
         mark = "" if check is None else ("  ok" if check else "  FAILED")
         say(f"  {name.ljust(width)}  {value}{mark}")
     return report
+
+
+def check_arguments(args: argparse.Namespace) -> str | None:
+    """The first problem with the parsed arguments, as one line, or None."""
+    checks = [
+        (args.epochs is None or args.epochs >= 1, f"--epochs must be >= 1. Received: {args.epochs}"),
+        (args.max_new_tokens is None or args.max_new_tokens >= 1, f"--max-new-tokens must be >= 1. Received: {args.max_new_tokens}"),
+        (args.minutes is None or (math.isfinite(args.minutes) and args.minutes > 0), f"--minutes must be > 0. Received: {args.minutes}"),
+        (args.temperature is None or (math.isfinite(args.temperature) and args.temperature >= 0), f"--temperature must be >= 0 (0 for greedy). Received: {args.temperature}"),
+        (args.top_k is None or args.top_k >= 1, f"--top-k must be >= 1. Received: {args.top_k}"),
+        (args.top_p is None or 0 < args.top_p <= 1, f"--top-p must be in (0, 1]. Received: {args.top_p}"),
+        (args.seed >= 0, f"--seed must be >= 0. Received: {args.seed}"),
+        (args.prompt is None or args.prompt != "", "--prompt must not be empty"),
+        (args.corpus is None or os.path.exists(args.corpus), f"--corpus {args.corpus!r} does not exist"),
+        (args.output is None or not os.path.exists(args.output) or os.path.isdir(args.output), f"--output {args.output!r} exists and is not a folder"),
+    ]
+    return next((message for valid, message in checks if not valid), None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,32 +410,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smaller model and corpus: under a minute")
     parser.add_argument("--corpus", default=None, help="a UTF-8 text file or a folder of them (default: the standard library docstrings)")
     parser.add_argument("--prompt", default=None, help="the text to continue (default: the start of a validation row)")
-    parser.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
+    parser.add_argument("--epochs", type=int, default=None, help="override the (maximum) number of epochs")
+    parser.add_argument("--minutes", type=float, default=None, help=f"training time budget (default: {FULL.minutes:g} for the full run, none with --quick)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="tokens to generate")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 for greedy decoding (default)")
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--temperature", type=float, default=None, help="0 for greedy decoding (default; 1.0 when --top-k or --top-p is given)")
+    parser.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest bytes")
+    parser.add_argument("--top-p", type=float, default=None, help="sample in the nucleus of probability p, in (0, 1]")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None, help="folder for the .keras file and the PNG (default: a temporary folder)")
     args = parser.parse_args(argv)
+    error = check_arguments(args)
+    if error is not None:
+        print(f"demo: error: {error}", file=sys.stderr)
+        return 2
     settings = QUICK if args.quick else FULL
-    changes = {key: value for key, value in (("epochs", args.epochs), ("max_new_tokens", args.max_new_tokens)) if value is not None}
+    changes = {
+        key: value
+        for key, value in (("epochs", args.epochs), ("max_new_tokens", args.max_new_tokens), ("minutes", args.minutes))
+        if value is not None
+    }
     settings = Settings(**{**settings.__dict__, **changes})
+    temperature = args.temperature
+    if temperature is None:
+        temperature = 1.0 if (args.top_k is not None or args.top_p is not None) else 0.0
+        if temperature:
+            print("note: --top-k / --top-p sample, so the temperature is 1.0 (pass --temperature to change it)")
+    elif temperature == 0 and (args.top_k is not None or args.top_p is not None):
+        print("note: --temperature 0 is greedy decoding: --top-k / --top-p change nothing")
     print(
         "mlable demo: train a byte-level decoder on real text, then generate with its KV cache.\n"
         "  1. encode the corpus to UTF-32-BE bytes, grouped into tokens\n"
-        "  2. train TokunEmbedding + RoPE + CachedMultiHeadAttention + FeedForwardGate with fit\n"
-        "  3. generate with the cache in one compiled loop, check it against the uncached loop\n"
-        "  4. save and reload the model as .keras, plot the training curves\n"
+        "  2. train TokunEmbedding + CachedMultiHeadAttention with RoPE + FeedForwardGate with fit\n"
+        "  3. score it in bits per byte against zlib, bz2 and lzma on the same validation text\n"
+        "  4. generate with the cache in one compiled loop, check it against the uncached loop\n"
+        "  5. save and reload the model as .keras, plot the training curves\n"
     )
     try:
         text = corpus.load_corpus(args.corpus, max_characters=settings.characters)
         build_dataset(text, settings)  # a corpus too short for one row fails here, with its size
     except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"demo: error: {error}", file=sys.stderr)
         return 2
     source = "the standard library docstrings" if args.corpus is None else repr(args.corpus)
-    report = run(settings, text, source, args.prompt, args.temperature, args.top_k, args.top_p, args.seed, args.output)
+    report = run(settings, text, source, args.prompt, temperature, args.top_k, args.top_p, args.seed, args.output)
     return 0 if report.passed else 1
 
 

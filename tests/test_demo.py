@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 
 import numpy as np
@@ -133,3 +134,94 @@ def test_readme_demo_section_example_runs():
     assert 1 <= int(lengths[0]) <= 16
     np.testing.assert_array_equal(tokens[:, :6].numpy(), namespace["prompt"].numpy())
     assert namespace["text"][0].startswith("Hello, world")
+
+
+ARGUMENT_ERRORS = [
+    (["--top-p", "0"], r"--top-p must be in \(0, 1\]\. Received: 0\.0"),
+    (["--top-p", "1.5"], r"--top-p must be in \(0, 1\]\. Received: 1\.5"),
+    (["--top-k", "0"], r"--top-k must be >= 1\. Received: 0"),
+    (["--temperature", "-0.5"], r"--temperature must be >= 0 \(0 for greedy\)\. Received: -0\.5"),
+    (["--temperature", "nan"], r"--temperature must be >= 0 \(0 for greedy\)\. Received: nan"),
+    (["--epochs", "0"], r"--epochs must be >= 1\. Received: 0"),
+    (["--max-new-tokens", "0"], r"--max-new-tokens must be >= 1\. Received: 0"),
+    (["--minutes", "0"], r"--minutes must be > 0\. Received: 0\.0"),
+    (["--seed", "-1"], r"--seed must be >= 0\. Received: -1"),
+    (["--prompt", ""], r"--prompt must not be empty"),
+    (["--corpus", "/no/such/corpus"], r"--corpus '/no/such/corpus' does not exist"),
+]
+
+
+@pytest.mark.parametrize("argv,message", ARGUMENT_ERRORS)
+def test_cli_rejects_bad_arguments_in_one_line_before_training(argv, message, capsys, monkeypatch):
+    monkeypatch.setattr(demo, "run", lambda *args, **kwargs: pytest.fail("trained despite a bad argument"))
+    monkeypatch.setattr(demo.corpus, "load_corpus", lambda *args, **kwargs: pytest.fail("read the corpus despite a bad argument"))
+    assert demo.main(["--quick", *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = captured.err.splitlines()
+    assert line.startswith("demo: error: ")
+    assert re.search(message, line), line
+
+
+def test_cli_rejects_an_output_that_is_a_file(tmp_path, capsys):
+    path = _write(tmp_path / "file", b"")
+    assert demo.main(["--quick", "--output", str(path)]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv,temperature,note",
+    [
+        ([], 0.0, None),
+        (["--top-p", "0.9"], 1.0, "the temperature is 1.0"),
+        (["--top-k", "5"], 1.0, "the temperature is 1.0"),
+        (["--top-k", "5", "--temperature", "0.7"], 0.7, None),
+        (["--top-k", "5", "--temperature", "0"], 0.0, "change nothing"),
+    ],
+)
+def test_cli_top_k_and_top_p_sample(argv, temperature, note, capsys, monkeypatch):
+    calls = []
+    monkeypatch.setattr(demo.corpus, "load_corpus", lambda *args, **kwargs: "x" * 1000)
+    monkeypatch.setattr(demo, "run", lambda *args, **kwargs: calls.append(args) or demo.Report())
+    demo.main(["--quick", *argv])
+    assert calls[0][4] == temperature
+    output = capsys.readouterr().out
+    assert (note in output) if note else ("note:" not in output)
+
+
+def test_split_and_target_text_are_what_the_metric_scores():
+    text = "".join(chr(ord("a") + index % 26) for index in range(2_000)) + "é🙂"
+    settings = demo.QUICK
+    inputs, targets = demo.build_dataset(text, settings)
+    train, valid = demo.split_dataset(inputs, targets)
+    assert len(valid[0]) == max(1, round(len(inputs) * demo.VALIDATION_SHARE)) and len(train[0]) + len(valid[0]) == len(inputs)
+    np.testing.assert_array_equal(valid[1], targets[-len(valid[0]) :])  # the last rows, deterministic
+    row = (settings.num_tokens + 1) * settings.token_size // 4
+    characters = settings.token_size // 4
+    expected = "".join(text[start + characters : start + row] for start in range(0, len(inputs) * row, row))
+    assert demo.target_text(targets) == expected
+    padded = encode_tokens(["ab"], num_tokens=2, token_size=8).numpy()  # "ab" then a NUL token
+    assert demo.target_text(padded) == "ab"
+
+
+def test_compressor_bits_per_byte_is_conditioned_on_the_training_text():
+    import zlib
+
+    train = "the quick brown fox jumps over the lazy dog. " * 40
+    scores = demo.compressor_bits_per_byte(train, train[:450])  # seen before: nearly free
+    assert set(scores) == {"zlib", "bz2", "lzma"}
+    expected = 8 * (len(zlib.compress((train + train[:450]).encode(), 9)) - len(zlib.compress(train.encode(), 9))) / 450
+    assert scores["zlib"] == pytest.approx(expected)
+    assert all(value < 1 for value in scores.values()), scores
+    random = "".join(chr(33 + (index * 7919) % 94) for index in range(450))
+    assert demo.compressor_bits_per_byte(train, random)["lzma"] > 4
+
+
+def test_schedule_warms_up_decays_and_stops():
+    schedule = demo.Schedule(peak=1.0, total_steps=100, warmup=0.1, floor=0.1)
+    rates = [schedule.learning_rate(step / 100) for step in range(101)]
+    assert rates[0] < rates[5] < rates[10] == pytest.approx(1.0)
+    assert all(later <= earlier for earlier, later in zip(rates[10:], rates[11:]))
+    assert rates[100] == pytest.approx(0.1)
+    schedule.steps = 100
+    assert schedule.progress() == 1.0

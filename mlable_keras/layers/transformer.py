@@ -131,6 +131,13 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
         rotary: ``None`` (no RoPE), ``True`` (default settings) or a dict with
             ``max_wavelength`` (10000), ``scaling_factor`` (1.0) and
             ``interleaved`` (False), as in ``RotaryPositionalEmbedding``.
+        num_key_value_heads: ``K``, the number of key / value heads
+            (grouped-query attention; ``1``: multi-query), dividing
+            ``num_heads``; ``None`` (default): ``K = N``. Query head ``n`` reads
+            key / value head ``n // (N / K)``, as in
+            ``keras.layers.GroupQueryAttention`` (same weight layout); the cache
+            holds ``K`` heads, ``(2, B, T, K, H)``, and keys / values are never
+            repeated to ``N`` heads. Needs 3D inputs.
         **kwargs: the arguments of ``keras.layers.MultiHeadAttention``.
 
     Call arguments:
