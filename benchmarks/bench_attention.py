@@ -180,7 +180,34 @@ def run(quick: bool = False) -> list[timing.Row]:
                     extra={"filled": filled, "slots": slots},
                 )
             )
+    rows.extend(_grouped_query_rows(batch, width, heads, head_dim, slots, filled_levels[-1], repeats, tiny, quick, ours, ours_loop, ours_cache, x))
     return rows
+
+
+def _grouped_query_rows(batch, width, heads, head_dim, slots, filled, repeats, tiny, quick, mha, mha_loop, mha_cache, x):
+    """Grouped-query heads (K = N / 4) against our multi-head layer: decode step time and cache size.
+
+    Goal (issue 12): at B=4, d=512, N=8, K=2, 4096 slots, 4095 filled, the cache is <= 1/4 of MHA's and the
+    compiled decode step takes <= 0.5x of our MHA step.
+    """
+    kv_heads = max(1, heads // 4)
+    gqa = CachedMultiHeadAttention(num_heads=heads, key_dim=head_dim, num_key_value_heads=kv_heads)
+    gqa(x, x)
+    gqa_loop, _ = _loop_functions(gqa, None, x, slots)
+    gqa_cache = tf.constant(np.random.default_rng(1).normal(size=(2, batch, slots, kv_heads, head_dim)).astype("float32"))
+    signal = 0.01 if tiny else (SIGNAL_S / 2 if quick else SIGNAL_S)
+    gqa_t = _marginal(gqa_loop, gqa_cache, filled, repeats, signal)
+    mha_t = _marginal(mha_loop, mha_cache, filled, repeats, signal)
+    cache_bytes = {"gqa": int(np.prod(gqa_cache.shape)) * 4, "mha": int(np.prod(mha_cache.shape)) * 4}
+    read = 2 * batch * (filled + 1) * kv_heads * head_dim * 4
+    return [
+        timing.row(
+            "attention", f"decode 1 token, GQA K={kv_heads}", f"B={batch} d={width} {heads}x{head_dim} T={slots} filled={filled}",
+            "float32", "xla loop (marginal)", gqa_t, f"our MHA N={heads}", mha_t, "<= 0.5x time, cache <= 1/4", read,
+            note=f"cache {cache_bytes['gqa'] / 2**20:.1f} MiB vs {cache_bytes['mha'] / 2**20:.1f} MiB ({cache_bytes['gqa'] / cache_bytes['mha']:.2f}x)",
+            extra={"filled": filled, "slots": slots, "cache_bytes": cache_bytes},
+        )
+    ]
 
 
 def summary(rows: list[timing.Row]) -> str:
