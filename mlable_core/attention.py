@@ -732,6 +732,103 @@ def cached_attention(
     return (output, scores, cache) if return_scores else (output, cache)
 
 
+@tf.autograph.experimental.do_not_convert
+def ring_attention(
+    query: tf.Tensor,
+    key: tf.Tensor,
+    value: tf.Tensor,
+    cache: tf.Tensor,
+    step: int | tf.Tensor,
+    attention_mask: tf.Tensor | None = None,
+    use_causal_mask: bool = True,
+    scale: float | tf.Tensor | None = None,
+    dropout: Callable[[tf.Tensor], tf.Tensor] | None = None,
+    return_scores: bool = False,
+) -> tuple[tf.Tensor, ...]:
+    """Sliding-window attention over a ring-buffer cache of ``W`` slots, for generation of any length.
+
+    The cache ``(2, B, W, N, H)`` holds the keys / values of the last ``W``
+    positions written, position ``p`` in slot ``p % W``; the window is its size
+    ``W``: query ``step + i`` sees the positions ``q`` with
+    ``step + i - W < q <= step + i`` (``|.| < W`` without the causal mask),
+    never a position not written yet. The ``F`` new positions are attended
+    together with the ring as it was (so a chunk longer than ``W`` is exact
+    too), then the last ``min(F, W)`` of them are written into their slots.
+    Memory is ``O(W)`` whatever the length, and the shapes are static, so a
+    compiled loop runs with one trace. While ``step + F <= W`` it equals
+    ``cached_attention`` with ``sliding_window=W`` on a ``W``-slot cache.
+
+    Args:
+        query: ``(B, F, N, H)`` projected queries at positions ``[step, step + F)``.
+        key: ``(B, F, K, H)`` projected keys of the same positions (``K`` divides ``N``).
+        value: ``(B, F, K, H)`` projected values.
+        cache: ``(2, B, W, K, H)``, from ``create_cache(batch, W, K, H)``.
+        step: the position of the first new query: an int or an integer scalar tensor, ``>= 0``.
+        attention_mask: optional boolean ``(B, F, W + F)`` over the ring slots
+            followed by the new positions (``B``, ``F`` may be 1).
+        use_causal_mask: hide the positions after each query.
+        scale: the score scale, ``1 / sqrt(H)`` by default.
+        dropout: optional callable applied to the attention weights.
+        return_scores: also return the weights ``(B, N, F, W + F)`` (ring slots, then new positions).
+
+    Returns:
+        ``(output (B, F, N, H), new_cache)``, or ``(output, scores, new_cache)``.
+
+    Example:
+        >>> ring = create_cache(batch_size=1, cache_length=4, num_heads=2, head_dim=8)  # a window of 4
+        >>> for position in range(10):  # any length, constant memory
+        ...     x = tf.random.normal((1, 1, 2, 8))
+        ...     output, ring = ring_attention(x, x, x, ring, position)
+        >>> ring.shape
+        TensorShape([2, 1, 4, 2, 8])
+    """
+    query, key, value, cache = (tf.convert_to_tensor(t) for t in (query, key, value, cache))
+    _check_qkv(query, key, value)
+    _check_cache_and_update(cache, key, value)
+    window = cache.shape[2]
+    if window is None:
+        raise ValueError(f"A ring cache needs a static number of slots W (the window). Received: cache with shape {shapes.format_shape(cache.shape.as_list())}")
+    step_tensor, step_value = _normalize_step(step)
+    if step_value is not None and step_value < 0:
+        raise ValueError(f"`step` must be >= 0. Received: step={step_value}")
+    new = dynamic_dims(query)[1]
+    steps = tf.range(new, dtype=tf.int32)
+    queries = step_tensor + steps  # (F,) absolute positions of the new queries
+    slots = tf.range(window, dtype=tf.int32)
+    # slot j holds the latest written position p < step with p % W == j (none when it is negative)
+    latest = step_tensor - 1 - tf.math.floormod(step_tensor - 1 - slots, window)  # (W,)
+    positions = tf.concat([latest, queries], axis=0)  # (W + F,)
+    written = tf.concat([latest >= 0, tf.ones_like(queries, dtype=tf.bool)], axis=0)  # (W + F,)
+    distance = queries[:, None] - positions[None, :]  # (F, W + F)
+    visible = written[None, :] & (tf.abs(distance) < window)
+    if use_causal_mask:
+        visible &= distance >= 0
+    visible = visible[None]  # (1, F, W + F)
+    if attention_mask is not None:
+        visible &= _user_mask(attention_mask, new if isinstance(new, int) else None, window + new if isinstance(new, int) else None)
+    keys = tf.concat([cache[0], key], axis=1)  # (B, W + F, K, H)
+    values = tf.concat([cache[1], value], axis=1)
+    output, scores = _attend(query, keys, values, visible, _scale(query, scale), dropout, return_scores)
+    # write the last min(F, W) new positions into their slots
+    kept = tf.minimum(tf.cast(new, tf.int32), window)
+    tail_start = tf.cast(new, tf.int32) - kept
+    tail_key, tail_value = key[:, tail_start:], value[:, tail_start:]  # (B, min(F, W), K, H)
+    batch = dynamic_dims(key)[0]
+    slot = tf.math.floormod(step_tensor + tail_start + tf.range(kept), window)  # (min(F, W),)
+    update = tf.stack([tail_key, tail_value])  # (2, B, M, K, H)
+    grid = tf.stack([2, batch, kept])
+    indices = tf.stack(
+        [
+            tf.broadcast_to(tf.reshape(tf.range(2), (2, 1, 1)), grid),
+            tf.broadcast_to(tf.reshape(tf.range(batch), (1, -1, 1)), grid),
+            tf.broadcast_to(tf.reshape(slot, (1, 1, -1)), grid),
+        ],
+        axis=-1,
+    )  # (2, B, M, 3)
+    cache = tf.tensor_scatter_nd_update(cache, indices, update)
+    return (output, scores, cache) if return_scores else (output, cache)
+
+
 def _pack(result: tuple[tf.Tensor, tf.Tensor | None]) -> tuple[tf.Tensor, ...]:
     return tuple(item for item in result if item is not None)
 
@@ -750,5 +847,6 @@ __all__ = [
     "cached_attention",
     "create_cache",
     "in_xla_context",
+    "ring_attention",
     "update_cache",
 ]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mlable_core import attention
@@ -487,3 +489,52 @@ def test_decode_graph_does_not_grow_with_the_batch():
         return len(graph.get_concrete_function(q, cache, tf.constant(3)).graph.get_operations())
 
     assert op_count(64) == op_count(2)
+
+
+@given(st.integers(1, 5), st.lists(st.integers(1, 7), min_size=1, max_size=5), st.sampled_from([(2, 2), (4, 2), (2, 1)]), st.integers(0, 2**16))
+@settings(max_examples=15)
+def test_ring_cache_equals_full_window_attention_at_every_length(window, chunks, heads, seed):
+    query_heads, kv_heads = heads
+    rng = np.random.default_rng(seed)
+    length = sum(chunks)
+    q = tf.constant(rng.normal(size=(2, length, query_heads, 4)).astype("float32"))
+    k, v = (tf.constant(rng.normal(size=(2, length, kv_heads, 4)).astype("float32")) for _ in range(2))
+    # the reference: every position, keys repeated to the query heads, the window as a mask
+    repeat = query_heads // kv_heads
+    expected, _ = naive_attention(
+        q.numpy(), np.repeat(k.numpy(), repeat, 2), np.repeat(v.numpy(), repeat, 2),
+        loop_mask(length, length, window=window)[None],
+    )
+    ring = attention.create_cache(2, window, kv_heads, 4)
+    outputs, position = [], 0
+    for size in chunks:  # chunks longer than the window included (a prompt longer than W)
+        output, ring = attention.ring_attention(q[:, position : position + size], k[:, position : position + size], v[:, position : position + size], ring, position)
+        outputs.append(output.numpy())
+        position += size
+    np.testing.assert_allclose(np.concatenate(outputs, 1), expected, atol=1e-5)
+    assert ring.shape == (2, 2, window, kv_heads, 4)  # O(W) memory after any length
+    # the ring holds the last min(W, L) positions, each in slot p % W
+    for p in range(max(0, length - window), length):
+        np.testing.assert_array_equal(ring[0, :, p % window].numpy(), k[:, p].numpy())
+
+
+def test_ring_cache_compiled_loop_traces_once_and_the_layer_uses_it():
+    rng = np.random.default_rng(40)
+    q, k, v = (tf.constant(a) for a in random_qkv(rng, 1, 20, 2, 4))
+    step_fn = tf.function(lambda a, b, c, ring, step: attention.ring_attention(a, b, c, ring, step), jit_compile=True)
+    ring = attention.create_cache(1, 4, 2, 4)
+    for position in range(20):
+        _, ring = step_fn(q[:, position : position + 1], k[:, position : position + 1], v[:, position : position + 1], ring, tf.constant(position))
+    assert step_fn.experimental_get_tracing_count() == 1
+    if "sliding_window" not in inspect.signature(keras.layers.MultiHeadAttention.__init__).parameters:
+        pytest.skip(f"Keras {keras.__version__} has no sliding_window")
+    from mlable_keras.layers.transformer import CachedMultiHeadAttention
+
+    x = rng.normal(size=(2, 11, 8)).astype("float32")
+    layer = CachedMultiHeadAttention(num_heads=2, key_dim=4, sliding_window=3, rotary=True)
+    expected = layer(x, x).numpy()
+    ring, outputs = attention.create_cache(2, 3, 2, 4), []
+    for position in range(11):
+        output, ring = layer(x[:, position : position + 1], x[:, position : position + 1], cache=ring, step=position)
+        outputs.append(output.numpy())
+    np.testing.assert_allclose(np.concatenate(outputs, 1), expected, atol=1e-5)

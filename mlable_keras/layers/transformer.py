@@ -95,6 +95,12 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
       The call returns ``(outputs, cache)`` / ``(outputs, scores, cache)``.
     - ``cache`` without ``step``: the new keys / values are appended after the
       existing slots (the cache grows by ``F``; all its slots count as filled).
+    - a cache of exactly ``sliding_window`` slots (Keras >= 3.15's
+      ``sliding_window``) is a ring buffer (``mlable_core.attention.ring_attention``):
+      position ``p`` lives in slot ``p % W``, generation runs to any length in
+      ``O(W)`` memory with static shapes, and the outputs equal full attention
+      with the window mask. With ``attention_mask``, it covers the ``W`` ring
+      slots followed by the ``F`` new positions.
     - ``cache`` with ``read_only_cache=True``: cross-attention over keys and
       values computed once by ``compute_cache(value, key)`` (e.g. an encoder's
       output). ``value`` / ``key`` are not used, nothing is written, every slot
@@ -405,6 +411,13 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
             visible = attention.build_attention_mask(queries, slots, step, filled, use_causal_mask, sliding_window, mask)
             mixed, scores = self._compute_attention(query, cache[0], cache[1], visible, training, return_attention_scores)
             return mixed, scores, cache
+        if sliding_window is not None and step is not None and cache.shape[2] == sliding_window:
+            # a cache of exactly `sliding_window` slots is a ring buffer: generation of any length in O(W) memory
+            result = attention.ring_attention(
+                query, key, value, cache, step, attention_mask=mask, use_causal_mask=use_causal_mask,
+                scale=self._score_scale(), dropout=self._weight_dropout(training), return_scores=return_attention_scores,
+            )
+            return result if return_attention_scores else (result[0], None, result[1])
         result = attention.cached_attention(
             query, key, value, cache, step, attention_mask=mask, use_causal_mask=use_causal_mask,
             sliding_window=sliding_window, scale=self._score_scale(), dropout=self._weight_dropout(training),
