@@ -435,6 +435,8 @@ def _attend_grouped(
     """``_attend`` for ``K = groups`` key / value heads shared by ``N / K`` query heads each (scaled queries)."""
     batch, length, heads, head_dim = dynamic_dims(query)
     share = query.shape[2] // groups
+    if query.shape[1] == 1 and query.shape[3] is not None and value.shape[3] is not None:
+        return _attend_grouped_one(query, key, value, visible, groups, dropout, return_scores)
     grouped = tf.reshape(query, [batch, length, groups, share, head_dim])  # (B, F, K, G, H)
     scores = tf.einsum("bfkgh,bskh->bkgfs", grouped, key)  # (B, K, G, F, S)
     slots = dynamic_dims(key)[1]
@@ -445,6 +447,40 @@ def _attend_grouped(
     output = tf.einsum("bkgfs,bskh->bfkgh", mixed, value)  # (B, F, K, G, Hv)
     value_dim = dynamic_dims(value)[3]
     output = tf.reshape(output, [batch, length, heads, value_dim])  # (B, F, N, Hv)
+    return output, (weights if return_scores else None)
+
+
+def _attend_grouped_one(
+    query: tf.Tensor,
+    key: tf.Tensor,
+    value: tf.Tensor,
+    visible: tf.Tensor,
+    groups: int,
+    dropout: Callable[[tf.Tensor], tf.Tensor] | None,
+    return_scores: bool,
+) -> tuple[tf.Tensor, tf.Tensor | None]:
+    """Grouped attention of ONE query position, reading the keys / values in their cache layout.
+
+    Seen as ``(B, S, K * H)``, the keys multiply a block-diagonal ``(K * H, N)``
+    matrix of the queries (query head ``n`` in the block of its key head), so
+    one batched matmul scores every head without transposing or repeating the
+    keys; the values are read the same way and each head keeps its block.
+    """
+    batch, _, heads, head_dim = dynamic_dims(query)
+    value_dim = value.shape[3]
+    share = query.shape[2] // groups
+    slots = dynamic_dims(key)[1]
+    dtype = query.dtype
+    owner = tf.one_hot(tf.range(heads) // share, groups, dtype=dtype)  # (N, K): the key head of each query head
+    blocks = query[:, 0, :, None, :] * owner[None, :, :, None]  # (B, N, K, H), zero outside the own block
+    blocks = tf.transpose(tf.reshape(blocks, [batch, heads, groups * head_dim]), (0, 2, 1))  # (B, K * H, N)
+    flat_keys = tf.reshape(key, [batch, slots, groups * head_dim])  # (B, S, K * H), a free reshape
+    scores = tf.transpose(tf.matmul(flat_keys, blocks), (0, 2, 1))[:, :, None]  # (B, N, 1, S)
+    weights = _masked_softmax(scores, visible[:, None], dtype)  # (B, N, 1, S)
+    mixed = weights if dropout is None else dropout(weights)
+    flat_values = tf.reshape(value, [batch, slots, groups * value_dim])  # (B, S, K * Hv)
+    every = tf.reshape(tf.matmul(mixed[:, :, 0], flat_values), [batch, heads, groups, value_dim])  # (B, N, K, Hv)
+    output = tf.reduce_sum(every * owner[None, :, :, None], axis=2)[:, None]  # (B, 1, N, Hv): each head's own block
     return output, (weights if return_scores else None)
 
 
