@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import tensorflow as tf
 
@@ -344,6 +345,20 @@ def build_attention_mask(
     return visible
 
 
+def _check_mask_batch(mask: Any, query: tf.Tensor) -> None:
+    """A user mask's batch size must be 1 or the queries' (checked when both are known while tracing)."""
+    if mask is None:
+        return
+    shape = getattr(mask, "shape", None)
+    rows = None if shape is None or len(shape) != 3 else shape[0]
+    batch = query.shape[0]
+    if rows is not None and batch is not None and rows not in (1, batch):
+        raise ValueError(
+            f"`attention_mask` must have shape (B, F, S) with B={batch} (the batch of `query`) or 1. "
+            f"Received: attention_mask with shape {shapes.format_shape(tuple(shape))}, query with shape {shapes.format_shape(query.shape.as_list())}"
+        )
+
+
 def _user_mask(mask: tf.Tensor, query_length: int | tf.Tensor, key_length: int | tf.Tensor) -> tf.Tensor:
     """The user mask as booleans, after checking its static shape against ``(B, F, S)``."""
     mask = tf.convert_to_tensor(mask)
@@ -607,6 +622,7 @@ def attention(
     """
     query, key, value = (tf.convert_to_tensor(t) for t in (query, key, value))
     _check_qkv(query, key, value)
+    _check_mask_batch(attention_mask, query)
     query_length, key_length = dynamic_dims(query)[1], dynamic_dims(key)[1]
     visible = build_attention_mask(
         query_length, key_length, 0, None, use_causal_mask, sliding_window, attention_mask
@@ -700,6 +716,7 @@ def cached_attention(
         raise ValueError(f"`span` must be one of {SPANS}. Received: span={span!r}")
     query, key, value, cache = (tf.convert_to_tensor(t) for t in (query, key, value, cache))
     _check_qkv(query, key, value)
+    _check_mask_batch(attention_mask, query)
     _check_cache_and_update(cache, key, value)
     query_shape, key_shape = query.shape.as_list(), key.shape.as_list()
     if query_shape[1] is not None and key_shape[1] is not None and query_shape[1] != key_shape[1]:
@@ -820,6 +837,7 @@ def ring_attention(
     """
     query, key, value, cache = (tf.convert_to_tensor(t) for t in (query, key, value, cache))
     _check_qkv(query, key, value)
+    _check_mask_batch(attention_mask, query)
     _check_cache_and_update(cache, key, value)
     window = cache.shape[2]
     if window is None:

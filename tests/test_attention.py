@@ -538,3 +538,13 @@ def test_ring_cache_compiled_loop_traces_once_and_the_layer_uses_it():
         output, ring = layer(x[:, position : position + 1], x[:, position : position + 1], cache=ring, step=position)
         outputs.append(output.numpy())
     np.testing.assert_allclose(np.concatenate(outputs, 1), expected, atol=1e-5)
+
+
+def test_a_mask_of_another_batch_size_is_named():
+    rng = np.random.default_rng(41)
+    q, k, v = random_qkv(rng, 2, 3, 2, 4)
+    with pytest.raises(ValueError, match=r"`attention_mask` must have shape \(B, F, S\) with B=2 \(the batch of `query`\) or 1\. Received: attention_mask with shape \(3, 3, 3\)"):
+        attention.attention(q, k, v, attention_mask=np.ones((3, 3, 3), bool))
+    with pytest.raises(ValueError, match=r"with B=2 \(the batch of `query`\) or 1"):
+        attention.cached_attention(q, k, v, attention.create_cache(2, 5, 2, 4), 0, attention_mask=np.ones((3, 3, 5), bool))
+    assert attention.attention(q, k, v, attention_mask=np.ones((1, 3, 3), bool)).shape == (2, 3, 2, 4)
