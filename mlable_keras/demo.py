@@ -68,8 +68,8 @@ class Settings:
     minutes: float | None = None  # training time budget, None for no limit
 
 
-FULL = Settings(characters=480_000, num_tokens=128, token_size=4, embed_dim=64, num_layers=2, num_heads=4, hidden_dim=512, epochs=40, batch_size=32, learning_rate=3e-3, max_new_tokens=64, minutes=4.5)
-QUICK = Settings(characters=40_000, num_tokens=32, token_size=8, embed_dim=16, num_layers=1, num_heads=2, hidden_dim=256, epochs=2, batch_size=16, learning_rate=3e-3, max_new_tokens=16, minutes=None)
+FULL = Settings(characters=480_000, num_tokens=64, token_size=4, embed_dim=64, num_layers=2, num_heads=4, hidden_dim=512, epochs=40, batch_size=32, learning_rate=1e-3, max_new_tokens=64, minutes=4.5)
+QUICK = Settings(characters=60_000, num_tokens=32, token_size=4, embed_dim=32, num_layers=1, num_heads=2, hidden_dim=256, epochs=8, batch_size=16, learning_rate=2e-3, max_new_tokens=24, minutes=None)
 VALIDATION_SHARE = 0.1  # the last rows of the corpus
 SAMPLE_TEMPERATURE = 0.8
 
@@ -249,7 +249,7 @@ def _plot(history: dict[str, list[float]], path: str, compressors: dict[str, flo
                 values = history[name]
                 axis.plot(range(1, len(values) + 1), values, style, color=colour, marker="o", markersize=3, label=name)
     for (name, value), style in zip((compressors or {}).items(), (":", "-.", (0, (1, 3)))):
-        right.axhline(value, color="grey", linestyle=style, label=f"{name} -9 ({value:.2f})")
+        right.axhline(value, color="grey", linestyle=style, label=f"{name} ({value:.2f} bits per byte)")
     left.set(title="loss", xlabel="epoch", ylabel="cross-entropy (nats per UTF-32 byte)")
     middle.set(title="accuracy", xlabel="epoch", ylabel="share of targets right", ylim=(0, 1))
     right.set(title="bits per byte (lower is better)", xlabel="epoch", ylabel="bits per UTF-8 byte / character")
@@ -399,7 +399,7 @@ def check_arguments(args: argparse.Namespace) -> str | None:
         (args.top_p is None or 0 < args.top_p <= 1, f"--top-p must be in (0, 1]. Received: {args.top_p}"),
         (args.seed >= 0, f"--seed must be >= 0. Received: {args.seed}"),
         (args.prompt is None or args.prompt != "", "--prompt must not be empty"),
-        (args.corpus is None or os.path.exists(args.corpus), f"--corpus {args.corpus!r} does not exist"),
+        (args.corpus is None or os.path.isdir(args.corpus) or os.path.isfile(args.corpus), f"--corpus: the corpus path {args.corpus!r} is neither a file nor a folder"),
         (args.output is None or not os.path.exists(args.output) or os.path.isdir(args.output), f"--output {args.output!r} exists and is not a folder"),
     ]
     return next((message for valid, message in checks if not valid), None)

@@ -24,6 +24,11 @@ def test_quick_demo_trains_generates_and_reloads(tmp_path):
     # a character is right only if its 4 bytes are, a token only if its 4 characters are
     assert report.accuracies["byte_accuracy"] >= report.accuracies["character_accuracy"] >= report.accuracies["token_accuracy"]
     assert report.cached_tokens_per_second > 0 and report.uncached_tokens_per_second > 0
+    assert report.completion.strip(), repr(report.completion)
+    assert {"bits_per_byte", "val_bits_per_byte", "val_bits_per_character"} <= set(report.history)
+    assert 0 < report.bits_per_byte < 8 and set(report.compressors) == {"zlib", "bz2", "lzma"}
+    assert report.history["val_bits_per_byte"][-1] == pytest.approx(report.bits_per_byte, rel=1e-3)
+    assert len(report.samples) == 3 and all(len(sample) == 3 for sample in report.samples)
     assert report.passed
 
 
@@ -147,7 +152,7 @@ ARGUMENT_ERRORS = [
     (["--minutes", "0"], r"--minutes must be > 0\. Received: 0\.0"),
     (["--seed", "-1"], r"--seed must be >= 0\. Received: -1"),
     (["--prompt", ""], r"--prompt must not be empty"),
-    (["--corpus", "/no/such/corpus"], r"--corpus '/no/such/corpus' does not exist"),
+    (["--corpus", "/no/such/corpus"], r"--corpus: the corpus path '/no/such/corpus' is neither a file nor a folder"),
 ]
 
 
@@ -213,7 +218,7 @@ def test_compressor_bits_per_byte_is_conditioned_on_the_training_text():
     expected = 8 * (len(zlib.compress((train + train[:450]).encode(), 9)) - len(zlib.compress(train.encode(), 9))) / 450
     assert scores["zlib"] == pytest.approx(expected)
     assert all(value < 1 for value in scores.values()), scores
-    random = "".join(chr(33 + (index * 7919) % 94) for index in range(450))
+    random = "".join(chr(code) for code in np.random.default_rng(0).integers(33, 127, 450))
     assert demo.compressor_bits_per_byte(train, random)["lzma"] > 4
 
 
