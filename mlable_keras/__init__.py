@@ -13,8 +13,22 @@ import importlib
 import importlib.util
 import os
 import pkgutil
+import sys
 
-import keras
+
+def _running_the_demo() -> bool:
+    """Whether this interpreter was started as ``python -m mlable_keras.demo`` (known before TensorFlow loads)."""
+    argv = list(getattr(sys, "orig_argv", []))
+    return any(flag == "-m" and module == "mlable_keras.demo" for flag, module in zip(argv, argv[1:]))
+
+
+if _running_the_demo():
+    # the main job prints its own report: keep TensorFlow's C++ start-up lines (oneDNN, CUDA probing,
+    # "Ignoring Assert operator" under XLA) out of it, unless the user asked for them. TensorFlow 2.16
+    # honours this (no line at all); 2.21 prints its absl start-up lines before reading it
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
 
 from mlable_core._lazy import submodule_getattr
 
