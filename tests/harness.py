@@ -24,9 +24,11 @@ several outputs give ``output_fn`` to pick the tensor that is trained and compar
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import pickle
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -37,6 +39,7 @@ import tensorflow as tf
 
 # models saved by the harness, reloaded in a fresh process by test_zz_fresh_process.py
 FRESH_LOAD_DIR = tempfile.mkdtemp(prefix="mlable-harness-")
+atexit.register(shutil.rmtree, FRESH_LOAD_DIR, ignore_errors=True)  # no temp folder left behind by the suite
 FRESH_LOAD_CASES: list[dict[str, str]] = []
 
 
