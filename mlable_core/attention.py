@@ -230,16 +230,36 @@ def _check_cache_and_update(cache: tf.Tensor, key: tf.Tensor, value: tf.Tensor) 
             )
 
 
-def _scatter(cache: tf.Tensor, key: tf.Tensor, value: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
-    """Writes ``key`` / ``value`` into slots ``[step, step + F)`` (no validation)."""
+def _scatter_slots(cache: tf.Tensor, key: tf.Tensor, value: tf.Tensor, slots: tf.Tensor) -> tf.Tensor:
+    """Writes ``key`` / ``value`` ``(B, F, N, H)`` into the cache slots ``slots`` ``(F,)`` (no validation)."""
     batch, new = dynamic_dims(key)[:2]
     update = tf.stack([key, value])  # (2, B, F, N, H)
     kind = tf.reshape(tf.range(2), (2, 1, 1))  # (2, 1, 1)
     row = tf.reshape(tf.range(batch), (1, -1, 1))  # (1, B, 1)
-    slot = tf.reshape(step + tf.range(new), (1, 1, -1))  # (1, 1, F)
+    slot = tf.reshape(slots, (1, 1, -1))  # (1, 1, F)
     grid = tf.stack([2, batch, new])
     indices = tf.stack([tf.broadcast_to(part, grid) for part in (kind, row, slot)], axis=-1)  # (2, B, F, 3)
     return tf.tensor_scatter_nd_update(cache, indices, update)
+
+
+def _scatter(cache: tf.Tensor, key: tf.Tensor, value: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
+    """Writes ``key`` / ``value`` into slots ``[step, step + F)`` (no validation)."""
+    return _scatter_slots(cache, key, value, step + tf.range(dynamic_dims(key)[1]))
+
+
+def append_cache(cache: tf.Tensor, key: tf.Tensor, value: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Appends ``F`` new keys / values ``(B, F, N, H)`` after every existing slot of a ``(2, B, T, N, H)`` cache.
+
+    Returns:
+        ``(cache with T + F slots, T)``: the grown cache and the slot of the first new position.
+
+    Example:
+        >>> grown, step = append_cache(create_cache(1, 3, 2, 4), tf.ones((1, 2, 2, 4)), tf.ones((1, 2, 2, 4)))
+        >>> grown.shape, int(step)
+        (TensorShape([2, 1, 5, 2, 4]), 3)
+    """
+    step = tf.shape(cache, out_type=tf.int32)[2]
+    return tf.concat([cache, tf.stack([key, value])], axis=2), step  # (2, B, T + F, N, H)
 
 
 @tf.autograph.experimental.do_not_convert
@@ -731,8 +751,7 @@ def cached_attention(
     new = dynamic_dims(query)[1]
     if step is None:
         # append: the existing slots are all filled, the new positions follow them
-        step_tensor = tf.shape(cache, out_type=tf.int32)[2]
-        cache = tf.concat([cache, tf.stack([key, value])], axis=2)  # (2, B, T + F, N, H)
+        cache, step_tensor = append_cache(cache, key, value)  # (2, B, T + F, N, H)
         poisoned = None
         checks = []
     else:
@@ -866,20 +885,8 @@ def ring_attention(
     # write the last min(F, W) new positions into their slots
     kept = tf.minimum(tf.cast(new, tf.int32), window)
     tail_start = tf.cast(new, tf.int32) - kept
-    tail_key, tail_value = key[:, tail_start:], value[:, tail_start:]  # (B, min(F, W), K, H)
-    batch = dynamic_dims(key)[0]
     slot = tf.math.floormod(step_tensor + tail_start + tf.range(kept), window)  # (min(F, W),)
-    update = tf.stack([tail_key, tail_value])  # (2, B, M, K, H)
-    grid = tf.stack([2, batch, kept])
-    indices = tf.stack(
-        [
-            tf.broadcast_to(tf.reshape(tf.range(2), (2, 1, 1)), grid),
-            tf.broadcast_to(tf.reshape(tf.range(batch), (1, -1, 1)), grid),
-            tf.broadcast_to(tf.reshape(slot, (1, 1, -1)), grid),
-        ],
-        axis=-1,
-    )  # (2, B, M, 3)
-    cache = tf.tensor_scatter_nd_update(cache, indices, update)
+    cache = _scatter_slots(cache, key[:, tail_start:], value[:, tail_start:], slot)
     return (output, scores, cache) if return_scores else (output, cache)
 
 
@@ -895,6 +902,7 @@ def _unpack(result: Sequence[tf.Tensor] | tf.Tensor, return_scores: bool) -> tup
 __all__ = [
     "MIN_BUCKET",
     "SPANS",
+    "append_cache",
     "attention",
     "build_attention_mask",
     "bucket_lengths",

@@ -26,9 +26,6 @@ except ImportError:  # pragma: no cover - older Keras keeps the mask on the tens
     _get_keras_mask = None
     _set_keras_mask = None
 
-KERAS_VERSION = tuple(int(part) for part in keras.__version__.split(".")[:2] if part.isdigit())
-
-
 def get_keras_mask(tensor: Any) -> Any:
     """The Keras mask carried by ``tensor`` (``None`` if it has none)."""
     if _get_keras_mask is not None:
@@ -84,7 +81,6 @@ MHA_COMPUTE_ATTENTION_TAKES_CAUSAL = _accepts(keras.layers.MultiHeadAttention._c
 
 
 __all__ = [
-    "KERAS_VERSION",
     "MHA_COMPUTE_ATTENTION_TAKES_CAUSAL",
     "get_keras_mask",
     "mha_dropout_layer",

@@ -548,3 +548,12 @@ def test_a_mask_of_another_batch_size_is_named():
     with pytest.raises(ValueError, match=r"with B=2 \(the batch of `query`\) or 1"):
         attention.cached_attention(q, k, v, attention.create_cache(2, 5, 2, 4), 0, attention_mask=np.ones((3, 3, 5), bool))
     assert attention.attention(q, k, v, attention_mask=np.ones((1, 3, 3), bool)).shape == (2, 3, 2, 4)
+
+
+def test_append_cache_grows_after_the_existing_slots():
+    rng = np.random.default_rng(42)
+    cache = tf.constant(rng.normal(size=(2, 2, 3, 2, 4)).astype("float32"))
+    key, value = (tf.constant(a) for a in random_qkv(rng, 2, 2, 2, 4)[:2])
+    grown, step = attention.append_cache(cache, key, value)
+    assert int(step) == 3 and grown.shape == (2, 2, 5, 2, 4)
+    np.testing.assert_array_equal(grown.numpy(), np.concatenate([cache.numpy(), np.stack([key.numpy(), value.numpy()])], axis=2))

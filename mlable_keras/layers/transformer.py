@@ -402,8 +402,7 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
             # the user's attention step over the whole cache, with a mask over the filled slots
             queries = attention.dynamic_dims(query)[1]
             if step is None:
-                step = tf.shape(cache, out_type=tf.int32)[2]
-                cache = tf.concat([cache, tf.stack([key, value])], axis=2)
+                cache, step = attention.append_cache(cache, key, value)
             else:
                 cache = attention.update_cache(cache, key, value, step)
             slots = attention.dynamic_dims(cache)[2]
