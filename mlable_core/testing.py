@@ -4,24 +4,26 @@ Two kinds of tools, both free of Keras:
 
 - Hypothesis strategies of small inputs: shapes (with unknown ``None`` dims),
   axes, divisors, finite float arrays, text with astral characters and its
-  UTF-32-BE byte tokens, logits, boolean masks, key/value caches and positions.
+  UTF-32-BE byte tokens, logits, boolean masks, key/value caches, positions,
+  and the chunkings of a sequence for cached decoding.
   Sizes default to small values so that a property runs in milliseconds and
   TensorFlow tracing, not data, dominates.
 - Checkers of invariants, each raising ``AssertionError`` whose message names
   the property, the input and the numbers:
 
   - ``check_cached_decoding``: decoding in chunks through a cache equals one
-    full pass;
+    full pass, and writing a position twice changes nothing;
   - ``check_relative_positions``: outputs depend on relative positions only
-    (shifting every position leaves them unchanged), the property RoPE gives
-    attention scores.
+    (shifting every position leaves them unchanged) but do depend on them, the
+    property RoPE gives attention scores.
 
 The strategies need ``hypothesis`` (``pip install 'mlable[test]'``), which is
 imported when a strategy is first built; the checkers need only numpy and
 whatever the functions under test use.
 
-Shape letters: ``B`` batch, ``L`` sequence length, ``T`` cache slots,
-``N`` heads, ``H`` head dimension, ``V`` vocabulary.
+Shape letters (the project's glossary): ``B`` batch, ``S`` sequence positions
+(the cache slots of an attention cache), ``K`` key / value heads, ``H`` head
+size, ``V`` vocabulary rows.
 
 Example:
     >>> from hypothesis import given
@@ -294,15 +296,15 @@ def boolean_masks(shape: Any) -> Any:
 
 
 def caches(batch: Any = 2, slots: Any = 8, heads: Any = 2, head_dim: Any = 4, min_value: float = -4.0, max_value: float = 4.0) -> Any:
-    """Float32 key/value caches of shape ``(2, B, T, N, H)`` (keys at index 0, values at 1).
+    """Float32 key/value caches of shape ``(2, B, S, K, H)`` (keys at index 0, values at 1).
 
     Filled with arbitrary finite values: a correct cached attention never reads
     the slots it has not written, whatever they hold (see ``mlable_core.attention``).
 
     Args:
         batch: ``B``, an int or a strategy of ints.
-        slots: ``T``, an int or a strategy of ints.
-        heads: ``N``, an int or a strategy of ints.
+        slots: ``S``, an int or a strategy of ints.
+        heads: ``K`` (key / value heads), an int or a strategy of ints.
         head_dim: ``H``, an int or a strategy of ints.
         min_value: the smallest value.
         max_value: the largest value.
@@ -316,18 +318,18 @@ def caches(batch: Any = 2, slots: Any = 8, heads: Any = 2, head_dim: Any = 4, mi
 
 
 def positions(batch: Any = 2, length: Any = 6, max_offset: int = 64) -> Any:
-    """Per-row positions ``(B, L)``: row ``b`` is ``arange(L) + offset_b``, ``offset_b`` in ``[0, max_offset]``.
+    """Per-row positions ``(B, S)``: row ``b`` is ``arange(S) + offset_b``, ``offset_b`` in ``[0, max_offset]``.
 
     The shape of ``rotary.rotate(x, positions=...)`` and of left-padded batches,
     where every row starts at its own position.
 
     Args:
         batch: ``B``, an int or a strategy of ints.
-        length: ``L``, an int or a strategy of ints.
+        length: ``S``, an int or a strategy of ints.
         max_offset: the largest row offset, >= 0.
 
     Returns:
-        A strategy of int32 numpy arrays of shape ``(B, L)``.
+        A strategy of int32 numpy arrays of shape ``(B, S)``.
     """
     st = _strategies()
     max_offset = _check_size(max_offset, "max_offset")
@@ -339,6 +341,25 @@ def positions(batch: Any = 2, length: Any = 6, max_offset: int = 64) -> Any:
         return (np.arange(columns, dtype=np.int32)[None, :] + np.asarray(offsets, dtype=np.int32).reshape(rows, 1)).astype(np.int32)
 
     return draw_positions()
+
+
+def chunk_sizes(length: int, min_chunks: int = 2) -> Any:
+    """Ways to cut ``length`` positions into consecutive non-empty chunks, for ``check_cached_decoding``.
+
+    Args:
+        length: the sequence length ``S``, >= 1.
+        min_chunks: the fewest chunks (capped at ``length``); the default 2 makes
+            every chunking go through the cache at least once after a prefill.
+
+    Returns:
+        A strategy of tuples of positive ints summing to ``length``, e.g. ``(3, 1, 1)``
+        (a prefill of 3 positions, then two steps of one).
+    """
+    st = _strategies()
+    length = _check_size(length, "length", minimum=1)
+    min_chunks = min(_check_size(min_chunks, "min_chunks", minimum=1), length)
+    cuts = st.sets(st.integers(1, length - 1), min_size=min_chunks - 1, max_size=length - 1) if length > 1 else st.just(set())
+    return cuts.map(lambda chosen: tuple(right - left for left, right in zip([0, *sorted(chosen)], [*sorted(chosen), length])))
 
 
 # checkers ----------------------------------------------------------------------------------------
@@ -360,6 +381,36 @@ def _describe(array: np.ndarray) -> str:
     return f"array of shape {tuple(array.shape)} and dtype {array.dtype.name}"
 
 
+def _decode(step_fn: Callable[[Any, Any, int], tuple[Any, Any]], array: np.ndarray, sizes: Sequence[int], cache: Any, context: str, repeat_first: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """The outputs of decoding ``array`` chunk by chunk, concatenated on axis 1 (and those of the first chunk's second write)."""
+    pieces, step, rewritten = [], 0, None
+    for index, size in enumerate(sizes):
+        chunk = array[:, step : step + size]
+        outputs, cache = step_fn(chunk, cache, step)
+        piece = _to_numpy(outputs)
+        if piece.ndim < 2 or piece.shape[:2] != (array.shape[0], size):
+            raise AssertionError(
+                f"check_cached_decoding: chunk {index} (step={step}, size={size}) gave outputs of shape "
+                f"{tuple(piece.shape)}, expected (B, {size}, ...) with B={array.shape[0]}; {context}"
+            )
+        if index == 0 and repeat_first:
+            # the same positions written a second time: a cache must overwrite them, not add to them
+            outputs, cache = step_fn(chunk, cache, step)
+            rewritten = _to_numpy(outputs)
+        pieces.append(piece if rewritten is None or index else rewritten)
+        step += int(size)
+    return np.concatenate(pieces, axis=1), rewritten
+
+
+def _first_difference(actual: np.ndarray, expected: np.ndarray, sizes: Sequence[int], atol: float) -> tuple[int, int]:
+    """The first position (axis 1) where the outputs differ by more than ``atol``, and its chunk."""
+    per_position = np.abs(actual.astype(np.float64) - expected.astype(np.float64)).reshape(*actual.shape[:2], -1)
+    bad = np.nan_to_num(per_position, nan=np.inf).max(axis=(0, 2)) > atol
+    first = int(np.argmax(bad))
+    bounds = np.cumsum((0, *sizes))
+    return first, int(np.searchsorted(bounds, first, side="right") - 1)
+
+
 def check_cached_decoding(
     step_fn: Callable[[Any, Any, int], tuple[Any, Any]],
     full_fn: Callable[[Any], Any],
@@ -367,59 +418,54 @@ def check_cached_decoding(
     chunk_sizes: Sequence[int],
     cache: Any,
     atol: float = 1e-5,
+    rewrite: bool = True,
 ) -> None:
     """Checks that decoding in chunks through a cache gives the outputs of one full pass.
 
-    The inputs are cut along axis 1 (the sequence axis ``L``) into consecutive
+    The inputs are cut along axis 1 (the sequence axis ``S``) into consecutive
     chunks of ``chunk_sizes``; each chunk goes through
     ``step_fn(chunk, cache, step)``, with ``step`` the position of its first
     element and the cache returned by the previous call. The outputs are
-    concatenated along axis 1 and compared to ``full_fn(inputs)``.
+    concatenated along axis 1 and compared to ``full_fn(inputs)``. With
+    ``rewrite``, a second pass from the initial cache writes the first chunk
+    twice (the second time on the cache of the first write), as beam search and
+    speculative decoding do; its outputs must not change.
 
-    Catches caches that accumulate instead of overwriting, off-by-one steps,
-    masks that let a position see the future or the empty slots, and chunk
-    boundaries that lose state.
+    Catches caches that accumulate instead of overwriting (even from a zero
+    cache, thanks to the rewrite), slots written at the wrong step, masks that
+    let a position see the future or the empty slots, a prefill that differs
+    from step-by-step decoding, and chunk boundaries that lose state.
 
     Args:
         step_fn: ``step_fn(chunk, cache, step) -> (outputs, new_cache)``; ``chunk``
             is ``inputs[:, step:step + size]`` and ``outputs`` has the chunk length on axis 1.
         full_fn: ``full_fn(inputs) -> outputs``, one (causal) pass over the whole sequence.
-        inputs: an array ``(B, L, ...)``.
-        chunk_sizes: positive ints summing to ``L``, e.g. ``(3, 1, 1)`` for a
-            prefill of 3 positions then two decoding steps.
+        inputs: an array ``(B, S, ...)``.
+        chunk_sizes: positive ints summing to ``S``, e.g. ``(3, 1, 1)`` for a
+            prefill of 3 positions then two decoding steps (see the ``chunk_sizes`` strategy).
         cache: the initial cache given to the first ``step_fn`` call.
         atol: the largest absolute difference allowed.
+        rewrite: run the second pass that writes the first chunk twice.
 
     Raises:
-        ValueError: the chunk sizes are not positive or do not sum to ``L``.
+        ValueError: the chunk sizes are not positive or do not sum to ``S``.
         AssertionError: the chunked outputs differ from the full pass (the message
             gives the chunking, the first chunk and position that differ, and the
             largest difference), or their shapes differ.
     """
     array = _to_numpy(inputs)
     if array.ndim < 2:
-        raise ValueError(f"`inputs` must have rank >= 2, shape (B, L, ...). Received: inputs with shape {tuple(array.shape)}")
+        raise ValueError(f"`inputs` must have rank >= 2, shape (B, S, ...). Received: inputs with shape {tuple(array.shape)}")
     sizes = tuple(chunk_sizes)
     length = array.shape[1]
     if any(isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1 for size in sizes) or sum(sizes) != length:
         raise ValueError(
-            f"`chunk_sizes` must be positive ints summing to the length L={length} of axis 1. "
+            f"`chunk_sizes` must be positive ints summing to the length S={length} of axis 1. "
             f"Received: chunk_sizes={sizes}, inputs with shape {tuple(array.shape)}"
         )
     context = f"inputs {_describe(array)}, chunk_sizes={sizes}"
-    pieces, step = [], 0
-    for index, size in enumerate(sizes):
-        outputs, cache = step_fn(array[:, step : step + size], cache, step)
-        piece = _to_numpy(outputs)
-        if piece.ndim < 2 or piece.shape[:2] != (array.shape[0], size):
-            raise AssertionError(
-                f"check_cached_decoding: chunk {index} (step={step}, size={size}) gave outputs of shape "
-                f"{tuple(piece.shape)}, expected (B, {size}, ...) with B={array.shape[0]}; {context}"
-            )
-        pieces.append(piece)
-        step += int(size)
-    chunked = np.concatenate(pieces, axis=1)
     full = _to_numpy(full_fn(array))
+    chunked, _ = _decode(step_fn, array, sizes, cache, context)
     if chunked.shape != full.shape:
         raise AssertionError(
             f"check_cached_decoding: the chunked outputs have shape {tuple(chunked.shape)}, the full pass "
@@ -427,16 +473,31 @@ def check_cached_decoding(
         )
     largest, where = _largest_difference(chunked, full)
     if largest > atol:
-        # the first position that differs tells which chunk (and so which cache state) broke
-        per_position = np.abs(chunked.astype(np.float64) - full.astype(np.float64)).reshape(*chunked.shape[:2], -1)
-        bad = np.nan_to_num(per_position, nan=np.inf).max(axis=(0, 2)) > atol
-        first = int(np.argmax(bad))
-        bounds = np.cumsum((0,) + sizes)
-        chunk = int(np.searchsorted(bounds, first, side="right") - 1)
+        first, chunk = _first_difference(chunked, full, sizes, atol)
+        start = sum(sizes[:chunk])
         raise AssertionError(
             f"check_cached_decoding: decoding in chunks differs from one full pass: max |difference| = {largest:.3g} "
             f"> atol={atol:g} at index {where} (chunked {float(chunked[where]):.6g}, full {float(full[where]):.6g}); the first differing "
-            f"position is {first}, in chunk {chunk} (step={int(bounds[chunk])}, size={sizes[chunk]}); {context}"
+            f"position is {first}, in chunk {chunk} (step={start}, size={sizes[chunk]}); {context}"
+        )
+    if not rewrite:
+        return
+    again, rewritten = _decode(step_fn, array, sizes, cache, context, repeat_first=True)
+    first_chunk = full[:, : sizes[0]]
+    largest, where = _largest_difference(rewritten, first_chunk) if rewritten is not None and rewritten.shape == first_chunk.shape else (np.inf, ())
+    if largest > atol:
+        raise AssertionError(
+            f"check_cached_decoding: writing the first chunk (step=0, size={sizes[0]}) a second time changes its outputs by "
+            f"max |difference| = {largest:.3g} > atol={atol:g} at index {where}: the cache accumulates (or appends) instead of "
+            f"overwriting the slots of a step; {context}"
+        )
+    largest, where = _largest_difference(again, full)
+    if largest > atol:
+        first, chunk = _first_difference(again, full, sizes, atol)
+        raise AssertionError(
+            f"check_cached_decoding: after the first chunk was written twice, decoding differs from one full pass by max "
+            f"|difference| = {largest:.3g} > atol={atol:g} from position {first} (chunk {chunk}): the cache accumulates "
+            f"(or appends) instead of overwriting the slots of a step; {context}"
         )
 
 
@@ -445,29 +506,46 @@ def check_relative_positions(
     inputs: Any,
     shifts: Sequence[int] = (1, 7, 64),
     atol: float = 1e-4,
+    same_position_fn: Callable[[Any], Any] | None = None,
+    require_dependence: bool = True,
 ) -> None:
     """Checks that ``fn`` depends on relative positions only: shifting all positions changes nothing.
 
-    ``fn(inputs, positions)`` is called with ``positions = arange(L)`` (int32,
-    shape ``(L,)``, ``L`` = axis 1 of the inputs) and with ``arange(L) + shift``
+    ``fn(inputs, positions)`` is called with ``positions = arange(S)`` (int32,
+    shape ``(S,)``, ``S`` = axis 1 of the inputs) and with ``arange(S) + shift``
     for each shift; every output must equal the first. Attention scores with
     RoPE applied to the projected queries and keys have this property; RoPE
     applied before a projection, or absolute position embeddings, do not.
 
+    Two more properties, which shift invariance alone misses:
+
+    - with ``require_dependence``, doubling every distance (``2 * arange(S)``)
+      must change the outputs: a function that ignores its positions (RoPE never
+      applied) would pass the shift test. Skipped when fewer than two positions
+      of the inputs are non-zero (then no pair of positions can interact);
+    - with ``same_position_fn`` (the same computation without positions, e.g.
+      attention scores without RoPE), putting every element at one position
+      (``full(S, 5)``) must give ``same_position_fn(inputs)``: queries and keys
+      rotated by one angle cancel in ``q · k``. An off-by-one between the query
+      and key positions is shift invariant but fails this.
+
     Args:
         fn: ``fn(inputs, positions) -> outputs``.
-        inputs: an array ``(B, L, ...)``.
+        inputs: an array ``(B, S, ...)``.
         shifts: the offsets to try (non-zero ints).
         atol: the largest absolute difference allowed (rotations of large
             positions in float32 lose about ``position * 1e-7``).
+        same_position_fn: ``same_position_fn(inputs) -> outputs``, ``fn`` without positions.
+        require_dependence: check that the outputs depend on the distances.
 
     Raises:
-        AssertionError: the outputs of some shift differ; the message gives the
-            shift, the largest difference and where it is.
+        AssertionError: a property fails; the message gives the positions, the
+            largest difference and where it is.
     """
     array = _to_numpy(inputs)
     if array.ndim < 2:
-        raise ValueError(f"`inputs` must have rank >= 2, shape (B, L, ...). Received: inputs with shape {tuple(array.shape)}")
+        raise ValueError(f"`inputs` must have rank >= 2, shape (B, S, ...). Received: inputs with shape {tuple(array.shape)}")
+    context = f"inputs {_describe(array)}, S={array.shape[1]}"
     base_positions = np.arange(array.shape[1], dtype=np.int32)
     reference = _to_numpy(fn(array, base_positions))
     for shift in shifts:
@@ -475,14 +553,34 @@ def check_relative_positions(
         if shifted.shape != reference.shape:
             raise AssertionError(
                 f"check_relative_positions: shift={shift} changed the output shape from {tuple(reference.shape)} "
-                f"to {tuple(shifted.shape)}; inputs {_describe(array)}"
+                f"to {tuple(shifted.shape)}; {context}"
             )
         largest, where = _largest_difference(shifted, reference)
         if largest > atol:
             raise AssertionError(
-                f"check_relative_positions: outputs for positions arange(L) + {shift} differ from those for arange(L): "
+                f"check_relative_positions: outputs for positions arange(S) + {shift} differ from those for arange(S): "
                 f"max |difference| = {largest:.3g} > atol={atol:g} at index {where} "
-                f"(shifted {float(shifted[where]):.6g}, unshifted {float(reference[where]):.6g}); inputs {_describe(array)}, L={array.shape[1]}"
+                f"(shifted {float(shifted[where]):.6g}, unshifted {float(reference[where]):.6g}): the outputs depend on absolute "
+                f"positions (e.g. RoPE applied before the query / key projections); {context}"
+            )
+    active = np.any(array.reshape(array.shape[0], array.shape[1], -1) != 0, axis=(0, 2)).sum()
+    if require_dependence and active >= 2:
+        doubled = _to_numpy(fn(array, 2 * base_positions))
+        largest, _ = _largest_difference(doubled, reference) if doubled.shape == reference.shape else (np.inf, ())
+        if largest <= atol:
+            raise AssertionError(
+                f"check_relative_positions: the outputs do not depend on the positions: doubling every distance "
+                f"(positions 2 * arange(S)) changes them by at most {largest:.3g} <= atol={atol:g} (are the positions applied?); {context}"
+            )
+    if same_position_fn is not None:
+        expected = _to_numpy(same_position_fn(array))
+        same = _to_numpy(fn(array, np.full(array.shape[1], 5, dtype=np.int32)))
+        largest, where = _largest_difference(same, expected) if same.shape == expected.shape else (np.inf, ())
+        if largest > atol:
+            raise AssertionError(
+                f"check_relative_positions: with every element at position 5 the outputs differ from same_position_fn's by "
+                f"max |difference| = {largest:.3g} > atol={atol:g} at index {where}: queries and keys are not rotated by the "
+                f"same angle (an off-by-one between their positions?); {context}"
             )
 
 
@@ -495,6 +593,7 @@ __all__ = [
     "caches",
     "check_cached_decoding",
     "check_relative_positions",
+    "chunk_sizes",
     "divisors",
     "divisors_of",
     "float_arrays",

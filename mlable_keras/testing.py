@@ -1,35 +1,47 @@
 """A testing toolkit for Keras layers and metrics: the checks every custom layer should pass.
 
-- ``check_layer`` runs, on one layer class and one set of constructor arguments,
-  the checks that catch the usual breakages of a Keras 3 layer (keras-hub
-  ``tests/test_case.py`` style): config and JSON round trips, a symbolic call
-  with unknown dims against ``compute_output_shape``, eager against
-  ``tf.function`` and XLA, one compiled ``fit`` step, mixed precision, and a
-  ``.keras`` save reloaded in a fresh Python process.
-- ``check_metric`` compares a metric with a reference function and checks that
-  feeding the data in several batches, of unequal sizes, gives the result of one
-  batch (the bug of metrics that average batch means), and that ``reset_state``
-  works.
+- ``check_layer`` runs, on one layer class, one set of constructor arguments and
+  one set of inputs, the checks that catch the usual breakages of a Keras 3 layer
+  (keras-hub ``tests/test_case.py`` style): config and JSON round trips, symbolic
+  calls (known and unknown dims) against ``compute_output_shape`` /
+  ``compute_output_spec``, eager against ``tf.function`` and XLA, one compiled
+  ``fit`` step in which every weight gets a gradient, ``mixed_float16`` and
+  ``mixed_bfloat16``, and a ``.keras`` save reloaded in this process and in a
+  fresh Python process.
+- ``check_metric`` compares a metric with a reference function, and checks that
+  batch splits of unequal sizes give the one-batch result (the bug of metrics
+  that average batch means), that ``sample_weight`` acts like repeating rows,
+  that ``reset_state`` works, that ``update_state`` traces in ``tf.function``,
+  and that the config and JSON round trips keep the results.
+- ``check_config`` is the config / JSON part alone, for any Keras object.
+- ``ReloadQueue`` collects the models that ``check_layer`` saves and reloads them
+  all in one fresh process (one TensorFlow import instead of one per layer).
 
-Every failure raises ``AssertionError("check_layer[<part>] <LayerName>: ...")``
-(or ``check_metric[<part>] ...``) with the numbers. The hypothesis strategies and
-Keras-free checkers of ``mlable_core.testing`` are re-exported here.
+Every failure raises ``AssertionError("check_layer[<part>] <LayerName>: <what broke>;
+inputs <shapes and dtypes>")`` (``check_metric[<part>] ...`` for metrics) with the
+numbers. The hypothesis strategies and the Keras-free checkers of
+``mlable_core.testing`` are re-exported here.
 
 Example:
+    >>> import numpy as np
     >>> from mlable_keras import testing
     >>> from mlable_keras.layers.reshaping import Divide
-    >>> testing.check_layer(Divide, dict(input_axis=2, output_axis=1, factor=2), np.ones((2, 3, 4), "float32"))
+    >>> layer = testing.check_layer(Divide, dict(input_axis=2, output_axis=1, factor=2), np.ones((2, 3, 4), "float32"))
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import json as json_module
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import keras
@@ -43,11 +55,26 @@ HYPOTHESIS_MESSAGE = _core.HYPOTHESIS_MESSAGE.replace("mlable_core.testing", "ml
 
 PARTS = ("config", "json", "symbolic", "compiled", "fit", "mixed_precision", "saving")
 
-# relative tolerance of each mixed policy against float32, scaled by max(1, max |float32 output|)
+# relative tolerance of each mixed policy against float32, scaled by max(1, max |float32 output|);
+# bfloat16 keeps 8 mantissa bits against float16's 11
 MIXED_PRECISION_TOLERANCES = {"mixed_float16": 2e-2, "mixed_bfloat16": 8e-2}
 
-# seconds a fresh process gets to import TensorFlow, load the model and run it
-SUBPROCESS_TIMEOUT = 300
+# the float inputs of the overflow probe are scaled up to this largest magnitude: exp(16), 16² summed
+# over a few hundred features, or scores of such vectors overflow float16 (65504) when computed in it
+OVERFLOW_PROBE_MAGNITUDE = 16.0
+FLOAT16_MAX = 65504.0
+
+# seconds a fresh process gets to import TensorFlow, load the models and run them
+SUBPROCESS_TIMEOUT = 600
+
+# what to look for in an error raised by Keras or TensorFlow, and what it usually means
+_HINTS = (
+    (r"cannot add new elements of state|only supports singleton tf\.Variables", "weights are created in call(): create them in build()"),
+    (r"numpy\(\)|has no attribute 'numpy'|OperatorNotAllowedInGraphError|not allowed in Graph execution|symbolic tf\.Tensor as a Python bool",
+     "call() reads tensor values in Python (.numpy(), float(x), `if x > 0:`), which only works eagerly: use tf.cond / keras.ops.where"),
+    (r"Could not locate (class|function)|could not be deserialized", "the class is not registered: decorate it with @keras.saving.register_keras_serializable(package=...)"),
+    (r"unsupported operand type\(s\) for .*NoneType|NoneType", "a shape computation does not handle unknown (None) dims: read run-time sizes with tf.shape / keras.ops.shape"),
+)
 
 
 def _require_hypothesis() -> None:
@@ -72,6 +99,7 @@ axis_pairs = _reexport(_core.axis_pairs)
 boolean_masks = _reexport(_core.boolean_masks)
 byte_tokens = _reexport(_core.byte_tokens)
 caches = _reexport(_core.caches)
+chunk_sizes = _reexport(_core.chunk_sizes)
 divisors_of = _reexport(_core.divisors_of)
 float_arrays = _reexport(_core.float_arrays)
 logits = _reexport(_core.logits)
@@ -80,324 +108,824 @@ shapes = _reexport(_core.shapes)
 utf8_texts = _reexport(_core.utf8_texts)
 
 
-def _fail(part: str, name: str, message: str) -> AssertionError:
-    return AssertionError(f"check_layer[{part}] {name}: {message}")
-
-
-def _as_tuple(inputs: Any) -> tuple[Any, ...]:
-    return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+# small helpers -----------------------------------------------------------------------------------
 
 
 def _to_numpy(value: Any) -> np.ndarray:
+    """A numpy array (half precision read as float32, sparse gradients densified)."""
+    if isinstance(value, tf.IndexedSlices):
+        value = tf.convert_to_tensor(value)
     array = np.asarray(keras.ops.convert_to_numpy(value))
     if array.dtype.name in ("bfloat16", "float16") or array.dtype.kind == "V":
         array = array.astype(np.float32)
     return array
 
 
+def _dtype_name(dtype: Any) -> str:
+    return keras.backend.standardize_dtype(dtype)
+
+
 def _is_float(dtype: Any) -> bool:
-    return tf.as_dtype(keras.backend.standardize_dtype(dtype)).is_floating
+    return tf.as_dtype(_dtype_name(dtype)).is_floating
 
 
-def _flat_outputs(outputs: Any) -> list[Any]:
+def _is_tensor(value: Any) -> bool:
+    return isinstance(value, (np.ndarray, tf.Tensor, tf.Variable)) or keras.ops.is_tensor(value)
+
+
+def _flat(outputs: Any) -> list[Any]:
     return list(keras.tree.flatten(outputs))
 
 
-def _flat_shapes(shapes_: Any) -> list[tuple[int | None, ...]]:
-    """``compute_output_shape``'s result as a list of shape tuples (one per output)."""
-    if isinstance(shapes_, tf.TensorShape):
-        return [tuple(shapes_.as_list())]
-    if isinstance(shapes_, (tuple, list)) and all(item is None or isinstance(item, (int, np.integer)) for item in shapes_):
-        return [tuple(None if item is None else int(item) for item in shapes_)]
-    if isinstance(shapes_, dict):
-        return [shape for key in sorted(shapes_) for shape in _flat_shapes(shapes_[key])]
-    return [shape for item in shapes_ for shape in _flat_shapes(item)]
+def _describe_arrays(arrays: Sequence[np.ndarray], names: Sequence[str] | None = None) -> str:
+    names = names or [""] * len(arrays)
+    return ", ".join(f"{name}{' ' if name else ''}{_dtype_name(array.dtype)} {tuple(array.shape)}" for name, array in zip(names, arrays))
 
 
-def _compute_output_shape(layer: keras.layers.Layer, input_shapes: Sequence[tuple[int | None, ...]]) -> list[tuple[int | None, ...]]:
-    return _flat_shapes(layer.compute_output_shape(*input_shapes))
-
-
-def _largest_difference(actual: np.ndarray, expected: np.ndarray) -> float:
-    if actual.shape != expected.shape:
-        return float("inf")
+def _difference(actual: np.ndarray, expected: np.ndarray) -> tuple[float, tuple[int, ...]]:
+    """The largest |actual - expected| (inf where only one side is finite or NaN) and where it is."""
     if actual.dtype.kind not in "fc" and expected.dtype.kind not in "fc":
-        return 0.0 if np.array_equal(actual, expected) else float("inf")
+        unequal = actual != expected
+        if not unequal.any():
+            return 0.0, ()
+        index = np.unravel_index(int(np.argmax(unequal)), unequal.shape)
+        return float("inf"), tuple(int(i) for i in index)
     actual, expected = actual.astype(np.float64), expected.astype(np.float64)
     same = (actual == expected) | (np.isnan(actual) & np.isnan(expected))
     difference = np.where(same, 0.0, np.abs(actual - expected))
-    return float(np.nan_to_num(difference, nan=np.inf).max()) if difference.size else 0.0
+    difference = np.where(np.isnan(difference), np.inf, difference)
+    if difference.size == 0:
+        return 0.0, ()
+    index = np.unravel_index(int(np.argmax(difference)), difference.shape)
+    return float(difference[index]), tuple(int(i) for i in index)
 
 
-def _compare(part: str, name: str, what: str, actual: list[np.ndarray], expected: list[np.ndarray], atol: float) -> None:
+def _scale(array: np.ndarray) -> float:
+    """``max(1, max |finite value|)``: tolerances are relative to the size of an output."""
+    if array.dtype.kind not in "fc" or array.size == 0:
+        return 1.0
+    finite = np.abs(array[np.isfinite(array)])
+    return max(1.0, float(finite.max())) if finite.size else 1.0
+
+
+def _compare_outputs(
+    actual: Sequence[np.ndarray], expected: Sequence[np.ndarray | None], atol: float, rtol: float, what: str
+) -> str | None:
+    """``None`` when the outputs agree (|difference| <= atol + rtol * scale), else what differs, with the numbers.
+
+    ``expected`` may hold ``None`` for an output that is not compared.
+    """
     if len(actual) != len(expected):
-        raise _fail(part, name, f"{what}: {len(actual)} outputs instead of {len(expected)}")
+        return f"{what}: {len(actual)} outputs instead of {len(expected)}"
     for index, (left, right) in enumerate(zip(actual, expected)):
+        if right is None:
+            continue
+        left, right = np.asarray(left), np.asarray(right)
         if left.shape != right.shape:
-            raise _fail(part, name, f"{what}: output {index} has shape {left.shape} instead of {right.shape}")
-        largest = _largest_difference(left, right)
-        if largest > atol:
-            raise _fail(part, name, f"{what}: output {index} differs by max |difference| = {largest:.3g} > atol={atol:g}")
+            return f"{what}: output {index} has shape {left.shape} instead of {right.shape}"
+        largest, where = _difference(left, right)
+        bound = atol + rtol * _scale(right)
+        if largest > bound:
+            return (
+                f"{what}: output {index} differs by max |difference| = {largest:.4g} > {bound:.3g} "
+                f"(atol={atol:g}, rtol={rtol:g}) at index {where}: {_value(left[where])} instead of {_value(right[where])}"
+            )
+    return None
+
+
+def _value(item: Any) -> str:
+    item = np.asarray(item)
+    return f"{float(item):.6g}" if item.dtype.kind == "f" else repr(item.item())
+
+
+def _hint(error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}"
+    for pattern, hint in _HINTS:
+        if re.search(pattern, text):
+            return f" ({hint})"
+    return ""
+
+
+def _first_line(error: BaseException, limit: int = 400) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _error_summary(error: BaseException, limit: int = 600) -> str:
+    """``Type: message`` of an error, with the innermost cause (Keras wraps the useful one) and a hint."""
+    chain, current = [error], error
+    while (current.__cause__ or current.__context__) is not None and len(chain) < 10:
+        current = current.__cause__ or current.__context__
+        chain.append(current)
+    located = next((match.group(0) for item in chain for match in [re.search(r"Could not locate (class|function) '[^']*'", str(item))] if match), None)
+    if located:
+        return f"{type(error).__name__}: {located}{_hint(LookupError(located))}; {_first_line(error, limit // 2)}"
+    text = f"{type(error).__name__}: {_first_line(error, limit)}"
+    if len(chain) > 1:
+        text += f" (caused by {type(chain[-1]).__name__}: {_first_line(chain[-1], limit // 2)})"
+    return text + _hint(error)
+
+
+# the layer under test ----------------------------------------------------------------------------
+
+
+class _Case:
+    """One layer configuration and its inputs: positional arrays, array keyword arguments (masks), the rest."""
+
+    def __init__(self, layer_cls: type, init_kwargs: Mapping[str, Any], inputs: Any, call_kwargs: Mapping[str, Any] | None) -> None:
+        if not isinstance(layer_cls, type) or not issubclass(layer_cls, keras.layers.Layer):
+            raise TypeError(f"`layer_cls` must be a keras.layers.Layer subclass. Received: layer_cls={layer_cls!r}")
+        self.layer_cls = layer_cls
+        self.name = layer_cls.__name__
+        self.init_kwargs = dict(init_kwargs)
+        items = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+        if not items:
+            raise ValueError("`inputs` must hold at least one array. Received: inputs=()")
+        self.positional = tuple(_to_numpy(item) if not isinstance(item, np.ndarray) else item for item in items)
+        self.tensor_kwargs: dict[str, np.ndarray] = {}
+        self.static_kwargs: dict[str, Any] = {}
+        for key, value in dict(call_kwargs or {}).items():
+            if _is_tensor(value):
+                self.tensor_kwargs[key] = value if isinstance(value, np.ndarray) else _to_numpy(value)
+            else:
+                self.static_kwargs[key] = value.item() if isinstance(value, np.generic) else value
+        self.training_given = "training" in self.static_kwargs
+
+    @property
+    def arrays(self) -> list[np.ndarray]:
+        """Every input array: the positional ones, then the array keyword arguments."""
+        return list(self.positional) + list(self.tensor_kwargs.values())
+
+    @property
+    def names(self) -> list[str]:
+        return [""] * len(self.positional) + [f"{key}=" for key in self.tensor_kwargs]
+
+    def describe(self) -> str:
+        text = _describe_arrays(self.arrays, self.names)
+        if self.static_kwargs:
+            text += ", " + ", ".join(f"{key}={value!r}" for key, value in self.static_kwargs.items())
+        return f"inputs {text}"
+
+    def new_layer(self, **overrides: Any) -> keras.layers.Layer:
+        return self.layer_cls(**{**self.init_kwargs, **overrides})
+
+    def call(self, layer: keras.layers.Layer, arrays: Sequence[Any] | None = None, training: bool | None = False) -> Any:
+        """Calls ``layer`` on the inputs (or on ``arrays``, in the order of ``self.arrays``)."""
+        values = list(self.arrays if arrays is None else arrays)
+        count = len(self.positional)
+        kwargs = dict(self.static_kwargs)
+        kwargs.update(zip(self.tensor_kwargs, values[count:]))
+        if not self.training_given and training is not None:
+            kwargs["training"] = training
+        return layer(*values[:count], **kwargs)
+
+    def tensors(self, arrays: Sequence[np.ndarray] | None = None) -> list[tf.Tensor]:
+        return [tf.convert_to_tensor(array) for array in (self.arrays if arrays is None else arrays)]
+
+
+def _failure(message: str) -> AssertionError:
+    """An AssertionError marked as a finding of a checker (which ``_part`` lets through unchanged)."""
+    error = AssertionError(message)
+    error.mlable_finding = True  # type: ignore[attr-defined]
+    return error
+
+
+@contextlib.contextmanager
+def _part(kind: str, part: str, name: str, context: Callable[[], str]) -> Iterator[Callable[[str], AssertionError]]:
+    """Runs one part: ``fail(message)`` builds its AssertionError; any other exception becomes one."""
+
+    def fail(message: str) -> AssertionError:
+        return _failure(f"{kind}[{part}] {name}: {message}; {context()}")
+
+    try:
+        yield fail
+    except Exception as error:  # noqa: BLE001 (any error of the code under test is the finding)
+        if getattr(error, "mlable_finding", False):
+            raise
+        raise _failure(f"{kind}[{part}] {name}: raised {type(error).__name__}: {_first_line(error)}{_hint(error)}; {context()}") from error
+
+
+# the wrapper model of the fit and saving parts ---------------------------------------------------
 
 
 @keras.saving.register_keras_serializable(package="mlable_testing")
 class LayerModel(keras.Model):
-    """Wraps one layer for ``fit`` and saving, optionally after a ``Dense`` that gives it weights to train.
+    """Wraps one layer for ``fit`` and ``.keras`` saving, optionally after a ``Dense`` that gives it weights to train.
 
     Args:
         layer: the wrapped layer (or its serialized config, on reload).
-        call_kwargs: keyword arguments for every call of the layer.
+        call_kwargs: keyword arguments (JSON-able values) for every call of the layer.
+        tensor_kwargs: names of keyword arguments given as tensors, after the positional inputs.
         dense_units: when set, a ``Dense(dense_units)`` is applied to the first input first.
         **kwargs: base ``keras.Model`` arguments.
 
     Call arguments:
-        inputs: one tensor, or a tuple of the layer's positional inputs.
+        inputs: the list of the layer's positional inputs followed by the tensors of ``tensor_kwargs``.
 
     Output shape:
-        The first output of the layer (a layer with several outputs is trained on its first).
+        The float outputs of the layer (one tensor, or a list when there are several).
     """
 
-    def __init__(self, layer: keras.layers.Layer | dict, call_kwargs: dict | None = None, dense_units: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        layer: keras.layers.Layer | dict,
+        call_kwargs: dict | None = None,
+        tensor_kwargs: Sequence[str] = (),
+        dense_units: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.layer = keras.saving.deserialize_keras_object(layer) if isinstance(layer, dict) else layer
         self.call_kwargs = dict(call_kwargs or {})
+        self.tensor_kwargs = list(tensor_kwargs)
         self.dense_units = dense_units
         self.dense = None if dense_units is None else keras.layers.Dense(dense_units, name="pre_dense")
 
-    def call(self, inputs: Any) -> Any:
-        inputs = _as_tuple(inputs)
+    def all_outputs(self, inputs: Sequence[Any], training: bool | None = None) -> list[Any]:
+        """Every output of the layer, flattened (``keras.tree.flatten``)."""
+        inputs = list(inputs)
+        count = len(inputs) - len(self.tensor_kwargs)
         if self.dense is not None:
-            inputs = (self.dense(inputs[0]),) + inputs[1:]
-        return _flat_outputs(self.layer(*inputs, **self.call_kwargs))[0]
+            inputs[0] = self.dense(inputs[0])
+        kwargs = dict(self.call_kwargs)
+        kwargs.update(zip(self.tensor_kwargs, inputs[count:]))
+        if training is not None and "training" not in self.call_kwargs:
+            kwargs["training"] = training
+        return _flat(self.layer(*inputs[:count], **kwargs))
+
+    def call(self, inputs: Sequence[Any], training: bool | None = None) -> Any:
+        outputs = [output for output in self.all_outputs(inputs, training) if _is_float(output.dtype)]
+        return outputs[0] if len(outputs) == 1 else outputs
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(
-            layer=keras.saving.serialize_keras_object(self.layer), call_kwargs=self.call_kwargs, dense_units=self.dense_units
+            layer=keras.saving.serialize_keras_object(self.layer),
+            call_kwargs=self.call_kwargs,
+            tensor_kwargs=self.tensor_kwargs,
+            dense_units=self.dense_units,
         )
         return config
 
 
-def _check_config(layer_cls: type, init_kwargs: dict[str, Any], name: str) -> None:
-    layer = layer_cls(**init_kwargs)
-    config = layer.get_config()
-    missing = sorted(key for key in init_kwargs if key not in config)
-    if missing:
-        raise _fail("config", name, f"get_config() misses the constructor arguments {missing}; it has keys {sorted(config)}")
-    clone_config = layer_cls.from_config(config).get_config()
-    if clone_config != config:
-        changed = sorted(key for key in set(config) | set(clone_config) if config.get(key) != clone_config.get(key))
-        raise _fail("config", name, f"from_config(get_config()) changed the config at keys {changed}")
+def _model_outputs(model: keras.Model, inputs: Sequence[Any]) -> list[np.ndarray]:
+    """Every output of a saved model (a ``LayerModel`` or a functional model), flattened, as numpy."""
+    tensors = [tf.convert_to_tensor(array) for array in inputs]
+    if isinstance(model, LayerModel):
+        outputs = model.all_outputs(tensors, training=False)
+    else:
+        outputs = _flat(model(tensors if len(tensors) > 1 else tensors[0], training=False))
+    return [_to_numpy(output) for output in outputs]
 
 
-def _check_json(layer_cls: type, init_kwargs: dict[str, Any], name: str) -> None:
-    layer = layer_cls(**init_kwargs)
-    config = layer.get_config()
+# reloading in a fresh process --------------------------------------------------------------------
+
+_RELOAD_SCRIPT = """
+import importlib, json, sys, traceback
+import numpy as np
+cases = json.loads(sys.argv[1])
+failures = []
+for module in sorted({module for case in cases for module in case["modules"]}):
     try:
-        text = json_module.dumps(keras.saving.serialize_keras_object(layer))
-        restored = keras.saving.deserialize_keras_object(json_module.loads(text))
-    except Exception as error:  # any failure here is the finding
-        raise _fail("json", name, f"the JSON round trip raised {type(error).__name__}: {error}") from error
-    if type(restored) is not layer_cls:
-        raise _fail("json", name, f"the JSON round trip gave a {type(restored).__name__}, not a {layer_cls.__name__}")
-    restored_config = restored.get_config()
-    if restored_config != config:
-        changed = sorted(key for key in set(config) | set(restored_config) if config.get(key) != restored_config.get(key))
-        raise _fail("json", name, f"the JSON round trip changed the config at keys {changed}")
+        importlib.import_module(module)
+    except Exception as error:
+        failures.append(f"importing {module!r} failed: {type(error).__name__}: {error}")
+import keras
+from mlable_keras import testing
+for case in cases:
+    try:
+        model = keras.saving.load_model(case["model"])
+        data = np.load(case["data"])
+        inputs = [data[f"input_{i}"] for i in range(int(data["inputs"]))]
+        expected = [data[f"expected_{i}"] for i in range(int(data["expected"]))]
+        problem = testing._compare_outputs(testing._model_outputs(model, inputs), expected, case["atol"], case["rtol"], "outputs after the reload")
+        if problem:
+            failures.append(f"{case['name']}: {problem}")
+    except Exception as error:
+        failures.append(f"{case['name']}: {testing._error_summary(error)}")
+print(json.dumps(failures))
+"""
 
 
-def _symbolic_shape(shape: tuple[int, ...]) -> tuple[int | None, ...]:
+class ReloadQueue:
+    """Saved ``.keras`` models to reload together in one fresh Python process.
+
+    ``check_layer(..., fresh_process=queue)`` adds its saved models here instead
+    of starting a process per layer; ``queue.check()`` then starts one
+    interpreter that imports the layers' modules (as a user imports their
+    package), loads every model and compares its outputs with those before saving.
+    A fresh process is where a class registered only at run time, or a module
+    that does not register its classes on import, shows up.
+
+    Args:
+        directory: where the models are saved; by default a temporary directory,
+            removed when the interpreter exits.
+
+    Example:
+        >>> queue = ReloadQueue()
+        >>> check_layer(MyLayer, {}, x, fresh_process=queue)  # doctest: +SKIP
+        >>> queue.check()  # doctest: +SKIP
+    """
+
+    def __init__(self, directory: str | None = None) -> None:
+        if directory is None:
+            directory = tempfile.mkdtemp(prefix="mlable-reload-")
+            atexit.register(shutil.rmtree, directory, ignore_errors=True)
+        os.makedirs(directory, exist_ok=True)
+        self.directory = directory
+        self.cases: list[dict[str, Any]] = []
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def add(
+        self,
+        model: keras.Model,
+        inputs: Sequence[np.ndarray],
+        expected: Sequence[np.ndarray],
+        name: str,
+        modules: Sequence[str] = (),
+        atol: float = 1e-5,
+        rtol: float = 1e-5,
+    ) -> str:
+        """Saves ``model`` and records what it must return on ``inputs``; returns the ``.keras`` path."""
+        stem = os.path.join(self.directory, f"{len(self.cases):04d}-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}")
+        model.save(stem + ".keras")
+        arrays = {f"input_{index}": np.asarray(array) for index, array in enumerate(inputs)}
+        arrays.update({f"expected_{index}": np.asarray(array) for index, array in enumerate(expected)})
+        np.savez(stem + ".npz", inputs=len(inputs), expected=len(expected), **arrays)
+        self.cases.append(
+            dict(model=stem + ".keras", data=stem + ".npz", name=name, modules=[m for m in modules if m != "__main__"], atol=atol, rtol=rtol)
+        )
+        return stem + ".keras"
+
+    def check(self, timeout: float = SUBPROCESS_TIMEOUT) -> None:
+        """Reloads every queued model in one fresh interpreter; raises ``AssertionError`` listing the failures."""
+        if not self.cases:
+            return
+        environment = dict(os.environ)
+        # the fresh process finds the modules this one found (a test directory, a source checkout)
+        environment["PYTHONPATH"] = os.pathsep.join([entry for entry in sys.path if entry] + [environment.get("PYTHONPATH", "")])
+        environment.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        environment.setdefault("KERAS_BACKEND", "tensorflow")
+        names = ", ".join(case["name"] for case in self.cases)
+        try:
+            result = subprocess.run(
+                [sys.executable, "-c", _RELOAD_SCRIPT, json_module.dumps(self.cases)],
+                capture_output=True, text=True, env=environment, cwd=self.directory, timeout=timeout, check=False,
+            )
+        except subprocess.TimeoutExpired as error:
+            raise AssertionError(f"check_layer[saving] fresh process: reloading {names} took more than {timeout} s") from error
+        lines = result.stdout.strip().splitlines()
+        if result.returncode != 0 or not lines:
+            tail = " | ".join((result.stdout + result.stderr).strip().splitlines()[-6:])
+            raise AssertionError(f"check_layer[saving] fresh process: the reload of {names} exited with code {result.returncode}: {tail}")
+        failures = json_module.loads(lines[-1])
+        if failures:
+            raise AssertionError(
+                f"check_layer[saving] fresh process: {len(failures)} of {len(self.cases)} saved models failed to reload "
+                f"in a fresh interpreter:\n  " + "\n  ".join(failures)
+            )
+
+
+# config and JSON ---------------------------------------------------------------------------------
+
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _is_plain(value: Any) -> bool:
+    if isinstance(value, (tuple, list)):
+        return all(_is_plain(item) for item in value)
+    return isinstance(value, _PLAIN)
+
+
+def _unregistered(cls: type) -> bool:
+    """Whether Keras cannot find ``cls`` by name (Keras' own classes are found by module instead)."""
+    if cls.__module__.split(".")[0] in ("keras", "keras_hub", "keras_nlp", "keras_cv", "tf_keras"):
+        return False
+    return keras.saving.get_registered_object(keras.saving.get_registered_name(cls)) is not cls
+
+
+def check_config(obj: Any, init_kwargs: Mapping[str, Any] | None = None, *, json: bool = True) -> None:
+    """Checks the config round trip of a Keras object (layer, metric, ...) and its JSON serialisation.
+
+    - ``config``: every constructor argument of ``init_kwargs`` is a key of
+      ``get_config()``; ``from_config(get_config())`` works and gives an equal
+      config; the attributes named like the constructor arguments, when plain
+      data (numbers, strings, tuples of them), are equal on the rebuilt object;
+    - ``json``: the class is registered with Keras, the config is JSON, and
+      ``serialize_keras_object`` -> ``json.dumps`` -> ``json.loads`` ->
+      ``deserialize_keras_object`` gives an object of the same class and config.
+
+    Args:
+        obj: the object.
+        init_kwargs: the constructor arguments it was built with.
+        json: run the JSON part.
+
+    Raises:
+        AssertionError: ``"check_config[config|json] <ClassName>: ..."``.
+    """
+    init_kwargs = dict(init_kwargs or {})
+    context = lambda: f"constructor arguments {init_kwargs}"  # noqa: E731
+    _config_part(obj, init_kwargs, "check_config", context)
+    if json:
+        _json_part(obj, "check_config", context)
+
+
+def _config_part(obj: Any, init_kwargs: Mapping[str, Any], kind: str, context: Callable[[], str]) -> None:
+    cls, name = type(obj), type(obj).__name__
+    with _part(kind, "config", name, context) as fail:
+        config = obj.get_config()
+        missing = sorted(key for key in init_kwargs if key not in config)
+        if missing:
+            raise fail(f"get_config() misses the constructor arguments {missing}; it has the keys {sorted(config)}")
+        try:
+            clone = cls.from_config(config)
+        except Exception as error:
+            raise fail(f"from_config(get_config()) raised {type(error).__name__}: {_first_line(error)}") from error
+        clone_config = clone.get_config()
+        changed = sorted(key for key in set(config) | set(clone_config) if config.get(key, "<absent>") != clone_config.get(key, "<absent>"))
+        if changed:
+            key = changed[0]
+            raise fail(
+                f"from_config(get_config()) changed the config at the keys {changed}: "
+                f"{key}={config.get(key, '<absent>')!r} became {clone_config.get(key, '<absent>')!r}"
+            )
+        for key in init_kwargs:
+            if hasattr(obj, key) and hasattr(clone, key):
+                mine, theirs = getattr(obj, key), getattr(clone, key)
+                if _is_plain(mine) and _is_plain(theirs) and mine != theirs:
+                    raise fail(
+                        f"get_config() stores the argument {key!r} wrongly: the object has {key}={mine!r}, "
+                        f"the one rebuilt by from_config(get_config()) has {key}={theirs!r} (config value {config[key]!r})"
+                    )
+
+
+def _json_part(obj: Any, kind: str, context: Callable[[], str]) -> None:
+    cls, name = type(obj), type(obj).__name__
+    with _part(kind, "json", name, context) as fail:
+        if _unregistered(cls):
+            raise fail(
+                f"the class is not registered with Keras (keras.saving.get_registered_name gives "
+                f"{keras.saving.get_registered_name(cls)!r}, which finds no such class): decorate it with "
+                f"@keras.saving.register_keras_serializable(package=...), or .keras files holding it will not load"
+            )
+        config = obj.get_config()
+        try:
+            text = json_module.dumps(keras.saving.serialize_keras_object(obj))
+        except TypeError as error:
+            bad = [key for key, value in config.items() if not _json_ok(value)]
+            raise fail(f"get_config() holds values JSON cannot encode at the keys {bad} ({error})") from error
+        try:
+            restored = keras.saving.deserialize_keras_object(json_module.loads(text))
+        except Exception as error:
+            raise fail(f"deserialize_keras_object of the JSON config raised {type(error).__name__}: {_first_line(error)}{_hint(error)}") from error
+        if type(restored) is not cls:
+            raise fail(f"the JSON round trip gave a {type(restored).__name__}, not a {name}")
+        restored_config = restored.get_config()
+        if restored_config != config:
+            changed = sorted(key for key in set(config) | set(restored_config) if config.get(key) != restored_config.get(key))
+            raise fail(f"the JSON round trip changed the config at the keys {changed}")
+
+
+def _json_ok(value: Any) -> bool:
+    try:
+        json_module.dumps(keras.saving.serialize_keras_object(value))
+    except TypeError:
+        return False
+    return True
+
+
+def _check_clone_outputs(case: _Case, layer: keras.layers.Layer, eager: list[np.ndarray], atol: float, rtol: float, fail: Callable[[str], AssertionError]) -> None:
+    """The layer rebuilt by ``from_config(get_config())``, given the same weights, gives the same outputs."""
+    clone = case.layer_cls.from_config(layer.get_config())
+    case.call(clone)  # builds
+    mine, theirs = layer.get_weights(), clone.get_weights()
+    if [w.shape for w in mine] != [w.shape for w in theirs]:
+        raise fail(
+            f"the layer rebuilt by from_config(get_config()) has weights of shapes {[w.shape for w in theirs]}, "
+            f"the original {[w.shape for w in mine]}: get_config() misses or mis-stores an argument that shapes the weights"
+        )
+    clone.set_weights(mine)
+    outputs = [_to_numpy(output) for output in _flat(case.call(clone))]
+    problem = _compare_outputs(outputs, eager, atol, rtol, "the layer rebuilt by from_config(get_config()) with the same weights")
+    if problem:
+        raise fail(problem + ": get_config() misses or mis-stores an argument")
+
+
+# symbolic calls and compiled functions -----------------------------------------------------------
+
+
+def _default_symbolic_shape(shape: tuple[int, ...]) -> tuple[int | None, ...]:
     # every axis unknown but the last, which layers commonly read at build
     return tuple([None] * (len(shape) - 1) + [int(shape[-1])]) if shape else ()
 
 
-def _compatible(actual: tuple[int | None, ...], expected: tuple[int | None, ...]) -> bool:
-    return len(actual) == len(expected) and all(a is None or e is None or a == e for a, e in zip(actual, expected))
+def _symbolic_shapes(case: _Case, given: Sequence[Sequence[int | None]] | None) -> list[tuple[int | None, ...]]:
+    arrays = case.arrays
+    if given is None:
+        return [_default_symbolic_shape(array.shape) for array in arrays]
+    shapes_ = [tuple(shape) for shape in given]
+    if len(shapes_) == len(case.positional):  # the array keyword arguments keep the default
+        shapes_ += [_default_symbolic_shape(array.shape) for array in arrays[len(shapes_) :]]
+    if len(shapes_) != len(arrays):
+        raise ValueError(f"`symbolic_shapes` must hold one shape per input. Received: {len(shapes_)} shapes for {case.describe()}")
+    for shape, array in zip(shapes_, arrays):
+        if len(shape) != array.ndim or any(dim is not None and dim != size for dim, size in zip(shape, array.shape)):
+            raise ValueError(f"`symbolic_shapes` must match the inputs. Received: symbolic shape {shape} for an input of shape {array.shape}")
+    return shapes_
+
+
+def _specs(outputs: Sequence[Any]) -> list[tuple[tuple[int | None, ...], str]]:
+    return [(tuple(None if dim is None else int(dim) for dim in output.shape), _dtype_name(output.dtype)) for output in outputs]
+
+
+def _spec_problem(what: str, claimed: Sequence[tuple[tuple[int | None, ...], str]], actual: Sequence[tuple[tuple[int, ...], str]], exact: bool) -> str | None:
+    """What differs between symbolic output specs and the eager outputs; a ``None`` dim matches any size unless ``exact``."""
+    if len(claimed) != len(actual):
+        return f"{what} gives {len(claimed)} outputs, the call returns {len(actual)}"
+    for index, ((shape, dtype), (real_shape, real_dtype)) in enumerate(zip(claimed, actual)):
+        if len(shape) != len(real_shape) or any((dim is not None or exact) and dim != size for dim, size in zip(shape, real_shape)):
+            return f"{what} gives output {index} the shape {shape}, the call returns {real_shape}"
+        if dtype != real_dtype:
+            return f"{what} gives output {index} the dtype {dtype}, the call returns {real_dtype}"
+    return None
+
+
+def _functions(case: _Case, layer: keras.layers.Layer, signature: Sequence[tuple[int | None, ...]]) -> tuple[Any, Any]:
+    """``tf.function`` and ``tf.function(jit_compile=True)`` of the layer's call, on inputs of shapes ``signature``."""
+
+    def forward(*arrays: Any) -> Any:
+        return case.call(layer, arrays)
+
+    specs = [tf.TensorSpec(shape, tf.as_dtype(array.dtype)) for shape, array in zip(signature, case.arrays)]
+    return tf.function(forward, input_signature=specs), tf.function(forward, input_signature=specs, jit_compile=True)
 
 
 def _check_symbolic(
-    layer_cls: type, init_kwargs: dict[str, Any], inputs: tuple[np.ndarray, ...], call_kwargs: dict[str, Any], name: str
+    case: _Case, layer: keras.layers.Layer, actual: list[tuple[tuple[int, ...], str]], symbolic: list[tuple[int | None, ...]], graph_fn: Any, fail: Callable[[str], AssertionError]
 ) -> None:
-    symbolic_shapes = [_symbolic_shape(array.shape) for array in inputs]
-    layer = layer_cls(**init_kwargs)
-    # Keras derives a symbolic output from compute_output_shape when a layer defines it, so the
-    # real shapes come from an eager call and from tracing call() on TensorSpecs with unknown dims
-    eager = _flat_outputs(layer(*(tf.convert_to_tensor(array) for array in inputs), **call_kwargs))
-    eager_shapes = [tuple(tensor.shape) for tensor in eager]
-    computed = _compute_output_shape(layer, [tuple(array.shape) for array in inputs])
-    if eager_shapes != computed:
-        raise _fail(
-            "symbolic", name,
-            f"on inputs of shapes {[array.shape for array in inputs]} the call returns shapes {eager_shapes} but "
-            f"compute_output_shape gives {computed}",
-        )
-    expected = _compute_output_shape(layer, symbolic_shapes)
-    symbols = [keras.Input(batch_shape=shape, dtype=array.dtype.name) for shape, array in zip(symbolic_shapes, inputs)]
-    outputs = [tuple(tensor.shape) for tensor in _flat_outputs(layer(*symbols, **call_kwargs))]
-    if outputs != expected:
-        raise _fail(
-            "symbolic", name,
-            f"the call on keras.Input of shapes {symbolic_shapes} gives shapes {outputs} but compute_output_shape gives {expected}",
-        )
-    signature = [tf.TensorSpec(shape, tf.as_dtype(array.dtype)) for shape, array in zip(symbolic_shapes, inputs)]
-    traced = tf.function(lambda *args: layer(*args, **call_kwargs)).get_concrete_function(*signature)
-    traced_shapes = [tuple(tensor.shape.as_list()) for tensor in _flat_outputs(traced.structured_outputs)]
-    if len(traced_shapes) != len(expected) or not all(_compatible(t, e) for t, e in zip(traced_shapes, expected)):
-        raise _fail(
-            "symbolic", name,
-            f"the call traced on inputs of shapes {symbolic_shapes} returns shapes {traced_shapes} but "
-            f"compute_output_shape gives {expected}",
-        )
-
-
-def _check_compiled(layer: keras.layers.Layer, inputs: tuple[np.ndarray, ...], call_kwargs: dict[str, Any], eager: list[np.ndarray], atol: float, name: str) -> None:
-    tensors = tuple(tf.convert_to_tensor(array) for array in inputs)
-    for jit_compile in (False, True):
-        function = tf.function(lambda *args: layer(*args, **call_kwargs), jit_compile=jit_compile)
+    def spec_call(shapes_: Sequence[tuple[int | None, ...]], what: str) -> None:
+        symbols = [keras.Input(batch_shape=shape, dtype=_dtype_name(array.dtype)) for shape, array in zip(shapes_, case.arrays)]
+        label = f"the symbolic call (compute_output_shape / compute_output_spec) on keras.Input of shapes {[tuple(s) for s in shapes_]}"
         try:
-            outputs = [_to_numpy(tensor) for tensor in _flat_outputs(function(*tensors))]
+            outputs = _flat(case.call(layer, symbols, training=None))
         except Exception as error:
-            raise _fail("compiled", name, f"tf.function(jit_compile={jit_compile}) raised {type(error).__name__}: {error}") from error
-        _compare("compiled", name, f"tf.function(jit_compile={jit_compile}) against eager", outputs, eager, atol)
+            raise fail(f"{label} raised {type(error).__name__}: {_first_line(error)}{_hint(error)}") from error
+        problem = _spec_problem(label, _specs(outputs), actual, exact=what == "known")
+        if problem:
+            raise fail(problem)
+
+    spec_call([tuple(array.shape) for array in case.arrays], "known")
+    spec_call(symbolic, "unknown")
+    try:
+        traced = graph_fn.get_concrete_function()
+    except Exception as error:
+        raise fail(f"tracing call() in tf.function on inputs of shapes {symbolic} raised {type(error).__name__}: {_first_line(error)}{_hint(error)}") from error
+    problem = _spec_problem(f"call() traced in tf.function on inputs of shapes {symbolic}", _specs(_flat(traced.structured_outputs)), actual, exact=False)
+    if problem:
+        raise fail(problem)
 
 
-def _dense_units(layer: keras.layers.Layer, inputs: tuple[np.ndarray, ...]) -> int | None:
-    """The width of a Dense put in front of a weightless layer with float inputs, else None."""
-    if layer.trainable_weights or not _is_float(inputs[0].dtype):
-        return None
-    return int(inputs[0].shape[-1])
+def _check_compiled(case: _Case, functions: tuple[Any, Any], eager: list[np.ndarray], atol: float, rtol: float, fail: Callable[[str], AssertionError]) -> None:
+    tensors = case.tensors()
+    for function, label in zip(functions, ("tf.function", "tf.function(jit_compile=True) (XLA)")):
+        try:
+            outputs = [_to_numpy(output) for output in _flat(function(*tensors))]
+        except Exception as error:
+            raise fail(f"{label} raised {type(error).__name__}: {_first_line(error)}{_hint(error)}") from error
+        problem = _compare_outputs(outputs, eager, atol, rtol, f"{label} against the eager call")
+        if problem:
+            raise fail(problem + " (a Python side effect in call(), or an op that behaves differently when traced)")
 
 
-def _check_fit(
-    layer_cls: type, init_kwargs: dict[str, Any], inputs: tuple[np.ndarray, ...], call_kwargs: dict[str, Any], dense_units: int | None, name: str
-) -> None:
-    model = LayerModel(layer_cls(**init_kwargs), call_kwargs, dense_units)
-    tensors = tuple(tf.convert_to_tensor(array) for array in inputs)
-    outputs = model(tensors if len(tensors) > 1 else tensors[0])  # builds, so that the weights exist before fit
-    if not _is_float(outputs.dtype):
-        raise _fail("fit", name, f"the first output has dtype {outputs.dtype.name}, which a loss cannot train; pass fit=False")
-    before = [_to_numpy(weight) for weight in model.trainable_weights]
-    if not before:
-        raise _fail("fit", name, "the model has no trainable weight (the layer has none and its inputs are not float); pass fit=False")
-    target = np.random.default_rng(0).normal(size=tuple(outputs.shape)).astype("float32")
-    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.01), loss="mse", jit_compile=True)
-    batch = int(inputs[0].shape[0])
-    history = model.fit(inputs if len(inputs) > 1 else inputs[0], target, batch_size=batch, epochs=1, verbose=0)
-    loss = float(history.history["loss"][-1])
-    if not np.isfinite(loss):
-        raise _fail("fit", name, f"the compiled fit step gave the loss {loss}")
-    after = [_to_numpy(weight) for weight in model.trainable_weights]
+# one compiled training step ----------------------------------------------------------------------
+
+
+def _check_fit(case: _Case, main: keras.layers.Layer, eager: list[np.ndarray], fail: Callable[[str], AssertionError]) -> None:
+    if not any(_is_float(array.dtype) for array in eager):
+        return  # nothing a loss can train on
+    if main.weights and not main.trainable_weights:
+        raise fail(
+            f"none of the layer's {len(main.weights)} weights {[weight.path for weight in main.weights]} is trainable, so fit cannot "
+            f"change it: create them with trainable=True, or pass fit=False if the layer is frozen on purpose"
+        )
+    first = case.positional[0]
+    dense_units = None
+    if not main.weights:
+        if not _is_float(first.dtype) or not first.ndim:
+            return  # a weightless layer on integer inputs: nothing to train
+        dense_units = int(first.shape[-1])  # a Dense in front gives the model weights, which train through the layer
+    model = LayerModel(case.new_layer(), case.static_kwargs, list(case.tensor_kwargs), dense_units)
+    tensors = case.tensors()
+    rng = np.random.default_rng(0)
+    with tf.GradientTape() as tape:
+        predictions = _flat(model(tensors, training=True))  # also builds the model
+        targets = [rng.normal(size=tuple(prediction.shape)).astype("float32") for prediction in predictions]
+        loss = tf.add_n([tf.reduce_mean(tf.square(tf.cast(p, "float32") - t)) for p, t in zip(predictions, targets)])
+    weights = list(model.layer.trainable_weights) + ([] if model.dense is None else list(model.dense.trainable_weights))
+    for weight, gradient in zip(weights, tape.gradient(loss, weights)):
+        owner = "the Dense in front of the (weightless) layer" if model.dense is not None and any(weight is w for w in model.dense.weights) else "the layer"
+        if gradient is None:
+            raise fail(
+                f"the trainable weight {weight.path} {tuple(weight.shape)} of {owner} gets no gradient from the outputs "
+                f"(tf.stop_gradient, an integer cast, a non-differentiable op, or call() does not use it)"
+            )
+    before = [_to_numpy(weight) for weight in weights]
+    # train_on_batch runs the train step that fit compiles, without fit's data pipeline and callbacks (half the time)
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.01), loss=["mse"] * len(targets) if len(targets) > 1 else "mse", jit_compile=True)
+    value = float(np.asarray(model.train_on_batch(tensors, targets if len(targets) > 1 else targets[0])).reshape(-1)[0])
+    if not np.isfinite(value):
+        raise fail(f"the compiled (XLA) training step gave the loss {value}")
+    after = [_to_numpy(weight) for weight in weights]
     if all(np.array_equal(b, a) for b, a in zip(before, after)):
-        raise _fail("fit", name, f"no trainable weight of the {len(before)} moved in the compiled fit step (loss {loss:.4g})")
+        raise fail(f"no trainable weight of the {len(weights)} moved in the compiled (XLA) training step (loss {value:.4g})")
+
+
+# mixed precision ---------------------------------------------------------------------------------
+
+
+def _probe_inputs(case: _Case) -> list[tuple[list[np.ndarray], float]]:
+    """The inputs with the positional float arrays scaled to ``max |x| = OVERFLOW_PROBE_MAGNITUDE``, with both signs.
+
+    Empty when the float inputs are already that large (the main comparison has seen them).
+    """
+    arrays = case.arrays
+    floats = [index for index, array in enumerate(arrays[: len(case.positional)]) if _is_float(array.dtype) and array.size]
+    largest = max((float(np.max(np.abs(arrays[index]))) for index in floats), default=0.0)
+    if not floats or not 0 < largest < OVERFLOW_PROBE_MAGNITUDE:
+        return []
+    probes = []
+    for factor in (OVERFLOW_PROBE_MAGNITUDE / largest, -OVERFLOW_PROBE_MAGNITUDE / largest):
+        probes.append(([array * np.asarray(factor, array.dtype) if index in floats else array for index, array in enumerate(arrays)], factor))
+    return probes
 
 
 def _check_mixed_precision(
-    layer_cls: type,
-    init_kwargs: dict[str, Any],
-    inputs: tuple[np.ndarray, ...],
-    call_kwargs: dict[str, Any],
-    reference: keras.layers.Layer,
-    expected: list[np.ndarray],
-    name: str,
+    case: _Case, main: keras.layers.Layer, eager: list[np.ndarray], tolerances: Mapping[str, float], fail: Callable[[str], AssertionError]
 ) -> None:
-    tensors = tuple(tf.convert_to_tensor(array) for array in inputs)
     previous = keras.config.dtype_policy()
-    try:
-        for policy, tolerance in MIXED_PRECISION_TOLERANCES.items():
-            keras.config.set_dtype_policy(policy)
-            layer = layer_cls(**init_kwargs)
-            layer(*tensors, **call_kwargs)  # builds
-            layer.set_weights(reference.get_weights())
+    reference_weights = main.get_weights()
+    for policy, tolerance in tolerances.items():
+        # mixed_float16 as the global policy (sublayers built without a dtype get it too),
+        # mixed_bfloat16 as the layer's dtype argument (which the layer must hand to its sublayers)
+        by_argument = policy != "mixed_float16" and "dtype" not in case.init_kwargs
+        how = f"{policy} (dtype={policy!r} argument)" if by_argument else f"{policy} (global policy)"
+        try:
+            if not by_argument:
+                keras.config.set_dtype_policy(policy)
+            layer = case.new_layer(dtype=policy) if by_argument else case.new_layer()
+            case.call(layer)  # builds
+            layer.set_weights(reference_weights)
             for variable in layer.weights:
-                if _is_float(variable.dtype) and keras.backend.standardize_dtype(variable.dtype) != "float32":
-                    raise _fail("mixed_precision", name, f"{policy}: the variable {variable.path} is {variable.dtype}, not float32")
-            outputs = _flat_outputs(layer(*tensors, **call_kwargs))
-            for index, (tensor, target) in enumerate(zip(outputs, expected)):
-                if _is_float(tensor.dtype) and _is_float(target.dtype):
-                    if keras.backend.standardize_dtype(tensor.dtype) != layer.compute_dtype:
-                        raise _fail(
-                            "mixed_precision", name,
-                            f"{policy}: output {index} has dtype {keras.backend.standardize_dtype(tensor.dtype)}, not the compute dtype {layer.compute_dtype}",
-                        )
-                    scale = max(1.0, float(np.max(np.abs(target)))) if target.size else 1.0
-                    largest = _largest_difference(_to_numpy(tensor), target)
-                    if largest > tolerance * scale:
-                        raise _fail(
-                            "mixed_precision", name,
-                            f"{policy}: output {index} differs from float32 by max |difference| = {largest:.3g} "
-                            f"> {tolerance:g} * {scale:.3g}",
-                        )
-                else:
-                    _compare("mixed_precision", name, f"{policy}: output {index}", [_to_numpy(tensor)], [target], 0.0)
-    finally:
-        keras.config.set_dtype_policy(previous)
+                if _is_float(variable.dtype) and _dtype_name(variable.dtype) != "float32":
+                    raise fail(f"{how}: the variable {variable.path} is {_dtype_name(variable.dtype)}, not float32 (variables stay float32 under mixed precision)")
+            outputs = _flat(case.call(layer))
+            _compare_mixed(how, layer, outputs, eager, tolerance, fail)
+            for probe in _probe_inputs(case) if policy == "mixed_float16" else ():
+                _overflow_probe(how, case, main, layer, probe, fail)
+        finally:
+            keras.config.set_dtype_policy(previous)
 
 
-# runs in a fresh interpreter: import the module of the layer (its registration), load, compare
-_RELOAD_SCRIPT = """
-import importlib, sys
-import numpy as np
-importlib.import_module(sys.argv[1])
-import keras
-import mlable_keras.testing
-directory = sys.argv[2]
-data = np.load(directory + "/data.npz")
-inputs = [data[f"input_{index}"] for index in range(int(data["count"]))]
-model = keras.saving.load_model(directory + "/model.keras")
-outputs = model(tuple(inputs) if len(inputs) > 1 else inputs[0])
-actual = np.asarray(keras.ops.convert_to_numpy(outputs)).astype(np.float64)
-expected = data["expected"].astype(np.float64)
-if actual.shape != expected.shape:
-    print(f"the reloaded model returns shape {actual.shape} instead of {expected.shape}")
-    sys.exit(3)
-print(f"{float(np.max(np.abs(actual - expected), initial=0.0)):.17g}")
-"""
+def _compare_mixed(how: str, layer: keras.layers.Layer, outputs: list[Any], eager: list[np.ndarray], tolerance: float, fail: Callable[[str], AssertionError]) -> None:
+    if len(outputs) != len(eager):
+        raise fail(f"{how}: {len(outputs)} outputs instead of {len(eager)}")
+    for index, (tensor, target) in enumerate(zip(outputs, eager)):
+        dtype = _dtype_name(tensor.dtype)
+        if not _is_float(target.dtype):
+            problem = _compare_outputs([_to_numpy(tensor)], [target], 0.0, 0.0, f"{how}: the non-float output {index}")
+            if problem:
+                raise fail(problem)
+            continue
+        if dtype != layer.compute_dtype:
+            raise fail(f"{how}: output {index} has the dtype {dtype}, not the compute dtype {layer.compute_dtype} (the layer ignores its dtype policy)")
+        actual = _to_numpy(tensor)
+        broken = ~np.isfinite(actual) & np.isfinite(target)
+        if broken.any():
+            where = tuple(int(i) for i in np.argwhere(broken)[0])
+            raise fail(
+                f"{how}: output {index} has {int(broken.sum())} non-finite values where float32 is finite, e.g. {actual[where]} at "
+                f"{where} instead of {target[where]:.6g}: an intermediate overflows {layer.compute_dtype} (exp, x², q·k, a -1e9 mask); compute it in float32, then cast"
+            )
+        problem = _compare_outputs([actual], [target], 0.0, tolerance, f"{how}: against float32 with the same weights")
+        if problem:
+            raise fail(problem + " (precision lost: compute trigonometry, scores, softmax and norms in float32, then cast)")
+
+
+def _overflow_probe(how: str, case: _Case, main: keras.layers.Layer, layer: keras.layers.Layer, probe: tuple[list[np.ndarray], float], fail: Callable[[str], AssertionError]) -> None:
+    scaled, factor = probe
+    reference = [_to_numpy(output) for output in _flat(case.call(main, scaled))]
+    outputs = [_to_numpy(output) for output in _flat(case.call(layer, scaled))]
+    for index, (actual, target) in enumerate(zip(outputs, reference)):
+        if target.dtype.kind != "f" or not np.isfinite(target).all() or (target.size and np.abs(target).max() >= FLOAT16_MAX):
+            continue  # only outputs that float16 can hold tell an overflow inside the layer
+        broken = ~np.isfinite(actual)
+        if broken.any():
+            where = tuple(int(i) for i in np.argwhere(broken)[0])
+            raise fail(
+                f"{how}: with the float inputs multiplied by {factor:.3g} (max |x| = {OVERFLOW_PROBE_MAGNITUDE:g}) float32 gives finite outputs "
+                f"(max |y| = {np.abs(target).max():.4g}) but output {index} has {int(broken.sum())} non-finite values, e.g. {actual[where]} at {where}: "
+                f"an intermediate overflows float16 (exp, x², q·k, a -1e9 mask); compute it in float32, then cast"
+            )
+
+
+# saving ------------------------------------------------------------------------------------------
+
+
+def _has_own_build(layer: keras.layers.Layer) -> bool:
+    return type(layer).build is not keras.layers.Layer.build
+
+
+def _check_build(case: _Case, main: keras.layers.Layer, fail: Callable[[str], AssertionError]) -> None:
+    """``build_from_config`` (what ``load_model`` calls before loading the weights) creates every weight a call creates."""
+    config = main.get_build_config()
+    if not config or not _has_own_build(main):
+        return  # Keras builds layers without a build() by running their call
+    fresh = case.new_layer()
+    fresh.build_from_config(config)
+    built = sorted((tuple(weight.shape), weight.path.split("/")[-1]) for weight in fresh.weights)
+    called = sorted((tuple(weight.shape), weight.path.split("/")[-1]) for weight in main.weights)
+    if [shape for shape, _ in built] != [shape for shape, _ in called]:
+        unbuilt = [layer.name for layer in fresh._flatten_layers(include_self=False) if not layer.built] if hasattr(fresh, "_flatten_layers") else []
+        raise fail(
+            f"build() creates {len(built)} weights {[f'{n} {s}' for s, n in built]}, a call creates {len(called)} {[f'{n} {s}' for s, n in called]}"
+            + (f"; the sublayers {unbuilt} stay unbuilt" if unbuilt else "")
+            + ": build() must create every weight, building each sublayer (e.g. self.dense.build(input_shape)); "
+            "keras.saving.load_model calls build() alone before it loads the weights"
+        )
 
 
 def _check_saving(
-    layer_cls: type, init_kwargs: dict[str, Any], inputs: tuple[np.ndarray, ...], call_kwargs: dict[str, Any], dense_units: int | None, atol: float, name: str
+    case: _Case,
+    main: keras.layers.Layer,
+    atol: float,
+    rtol: float,
+    fresh_process: bool | ReloadQueue,
+    directory: str,
+    fail: Callable[[str], AssertionError],
 ) -> None:
-    module = layer_cls.__module__
-    if module == "__main__":
-        raise _fail("saving", name, "the class is defined in __main__, which a fresh process cannot import; move it to a module")
-    model = LayerModel(layer_cls(**init_kwargs), call_kwargs, dense_units)
-    tensors = tuple(tf.convert_to_tensor(array) for array in inputs)
-    expected = _to_numpy(model(tensors if len(tensors) > 1 else tensors[0]))
-    with tempfile.TemporaryDirectory(prefix="mlable-check-layer-") as directory:
-        path = os.path.join(directory, "model.keras")
+    _check_build(case, main, fail)
+    subclassed = LayerModel(case.new_layer(), case.static_kwargs, list(case.tensor_kwargs))
+    subclassed(case.tensors(), training=False)  # builds
+    symbols = [keras.Input(batch_shape=array.shape, dtype=_dtype_name(array.dtype)) for array in case.arrays]
+    try:
+        functional = keras.Model(symbols if len(symbols) > 1 else symbols[0], case.call(case.new_layer(), symbols, training=None))
+    except Exception as error:
+        raise fail(
+            f"a functional model (keras.Model on keras.Input) around the layer could not be built: "
+            f"{type(error).__name__}: {_first_line(error)}{_hint(error)}"
+        ) from error
+    queue = fresh_process if isinstance(fresh_process, ReloadQueue) else ReloadQueue(os.path.join(directory, "fresh")) if fresh_process else None
+    for label, model in (("LayerModel", subclassed), ("functional", functional)):
+        expected = _model_outputs(model, case.arrays)
+        path = os.path.join(directory, f"{label}.keras")
         model.save(path)
         try:
             loaded = keras.saving.load_model(path)
         except Exception as error:
-            raise _fail("saving", name, f"keras.saving.load_model raised {type(error).__name__}: {error}") from error
-        actual = _to_numpy(loaded(tensors if len(tensors) > 1 else tensors[0]))
-        _compare("saving", name, "the reloaded model (same process)", [actual], [expected], atol)
-        arrays = {f"input_{index}": array for index, array in enumerate(inputs)}
-        np.savez(os.path.join(directory, "data.npz"), count=len(inputs), expected=expected, **arrays)
-        environment = dict(os.environ)
-        # the fresh process finds the modules this one found (a test directory, a source checkout)
-        environment["PYTHONPATH"] = os.pathsep.join([entry for entry in sys.path if entry] + [environment.get("PYTHONPATH", "")])
-        environment.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+            raise fail(f"keras.saving.load_model of the {label} model raised {type(error).__name__}: {_first_line(error)}{_hint(error)}") from error
+        problem = _compare_outputs(_model_outputs(loaded, case.arrays), expected, atol, rtol, f"the {label} model reloaded in this process")
+        if problem:
+            raise fail(problem + " (state that neither get_config() nor the saved weights hold)")
+        if queue is not None:
+            queue.add(model, case.arrays, expected, f"{case.name}-{label}", [case.layer_cls.__module__], atol, rtol)
+    if fresh_process is True and queue is not None:
         try:
-            result = subprocess.run(
-                [sys.executable, "-c", _RELOAD_SCRIPT, module, directory],
-                capture_output=True, text=True, env=environment, timeout=SUBPROCESS_TIMEOUT, check=False,
-            )
-        except subprocess.TimeoutExpired as error:
-            raise _fail("saving", name, f"the fresh process did not finish in {SUBPROCESS_TIMEOUT} s") from error
-    if result.returncode != 0:
-        tail = (result.stdout + result.stderr).strip().splitlines()[-5:]
-        raise _fail("saving", name, f"reloading in a fresh process (importing {module!r}) failed with code {result.returncode}: {' | '.join(tail)}")
-    largest = float(result.stdout.strip().splitlines()[-1])
-    if not largest <= atol:
-        raise _fail("saving", name, f"the model reloaded in a fresh process differs by max |difference| = {largest:.3g} > atol={atol:g}")
+            queue.check()
+        except AssertionError as error:
+            raise fail(str(error).replace("check_layer[saving] ", "", 1)) from error
+
+
+# the checkers ------------------------------------------------------------------------------------
+
+
+def _per_output(value: Any, count: int, what: str) -> list[Any]:
+    """One entry per flat output: a structure like the outputs', or a single entry for the first output (None = unchecked)."""
+    if value is None:
+        return [None] * count
+    if isinstance(value, (tuple, list)) and value and all(item is None or isinstance(item, (int, np.integer)) for item in value) and what == "shape":
+        entries = [tuple(value)]
+    elif isinstance(value, np.ndarray) or _is_tensor(value):
+        entries = [value]
+    else:
+        entries = list(keras.tree.flatten(value)) if what != "shape" else list(_flat_shapes(value))
+    return entries + [None] * (count - len(entries))
+
+
+def _flat_shapes(value: Any) -> list[Any]:
+    if value is None or (isinstance(value, (tuple, list)) and all(item is None or isinstance(item, (int, np.integer)) for item in value)):
+        return [None if value is None else tuple(value)]
+    if isinstance(value, Mapping):
+        return [shape for key in sorted(value) for shape in _flat_shapes(value[key])]
+    return [shape for item in value for shape in _flat_shapes(item)]
 
 
 def check_layer(
     layer_cls: type,
-    init_kwargs: dict[str, Any],
+    init_kwargs: Mapping[str, Any],
     inputs: Any,
-    call_kwargs: dict[str, Any] | None = None,
+    call_kwargs: Mapping[str, Any] | None = None,
     *,
     config: bool = True,
     json: bool = True,
@@ -406,32 +934,56 @@ def check_layer(
     fit: bool = True,
     mixed_precision: bool = True,
     saving: bool = True,
+    fresh_process: bool | ReloadQueue = True,
+    symbolic_shapes: Sequence[Sequence[int | None]] | None = None,
+    expected_output_shape: Any = None,
+    expected_num_trainable_weights: int | None = None,
+    expected_num_non_trainable_weights: int | None = None,
+    reference_fn: Callable[..., Any] | None = None,
+    reference_atol: float = 1e-5,
+    reference_rtol: float = 1e-5,
     atol: float = 1e-5,
+    rtol: float = 1e-5,
+    mixed_precision_tolerances: Mapping[str, float] | None = None,
 ) -> keras.layers.Layer:
     """Runs the standard checks of a Keras layer on one configuration; each part can be switched off.
 
-    Parts, in order:
+    The layer is first called eagerly on ``inputs`` (with ``training=False``
+    unless ``call_kwargs`` says otherwise): every output must be a tensor, and
+    the optional expectations (output shapes, weight counts, ``reference_fn``)
+    are checked (part ``call``). Then, in order:
 
-    - ``config``: every constructor argument is a key of ``get_config()``, and
-      ``from_config(get_config())`` has an equal config;
-    - ``json``: ``serialize_keras_object`` -> ``json.dumps`` -> ``json.loads`` ->
-      ``deserialize_keras_object`` gives a layer of the same class and config;
-    - ``symbolic``: the output shapes of an eager call, of a call on ``keras.Input``
-      and of ``call`` traced on inputs whose axes are unknown (``None``, all but
-      the last) agree with ``compute_output_shape``;
-    - ``compiled``: ``tf.function`` and ``tf.function(jit_compile=True)`` give the
-      eager outputs within ``atol``;
-    - ``fit``: one ``fit`` step compiled with XLA, in a model around the layer (after
-      a ``Dense`` when the layer has no weights and float inputs), gives a finite
-      loss and moves the weights;
-    - ``mixed_precision``: under the global policies ``mixed_float16`` and
-      ``mixed_bfloat16``, with the float32 layer's weights, the variables stay
-      float32, the outputs are in the compute dtype and close to float32
-      (``MIXED_PRECISION_TOLERANCES``, relative to the output scale); the global
-      policy is restored afterwards;
-    - ``saving``: the model saved as ``.keras`` (in a temporary directory, removed
-      afterwards) reloads in this process and in a fresh Python process, which
-      imports ``layer_cls.__module__`` first, with outputs within ``atol``.
+    - ``config``: ``check_config`` (every constructor argument in ``get_config()``,
+      ``from_config(get_config())`` equal, plain attributes equal), and the layer
+      rebuilt by ``from_config(get_config())`` with the same weights gives the
+      same outputs;
+    - ``json``: the class is registered and the JSON round trip keeps class and config;
+    - ``symbolic``: calls on ``keras.Input`` (Keras uses ``compute_output_shape`` /
+      ``compute_output_spec`` there) with the input shapes and with unknown dims
+      (``symbolic_shapes``; by default every axis but the last is ``None``), and
+      ``call`` traced in ``tf.function`` on the unknown dims, give the number,
+      ranks, dims (a known dim must be the real one) and dtypes of the eager outputs;
+    - ``compiled``: ``tf.function`` and ``tf.function(jit_compile=True)`` (traced
+      on the unknown dims) give the eager outputs within ``atol + rtol * scale``
+      (``scale = max(1, max |output|)``);
+    - ``fit``: every trainable weight of the layer gets a non-zero gradient of a
+      mean squared error on all its float outputs, and one ``fit`` step compiled
+      with XLA gives a finite loss and moves the weights. A layer with weights
+      none of which is trainable fails; a weightless layer on float inputs trains
+      a ``Dense`` in front of it (which needs a gradient through the layer); a
+      layer with no float output, or weightless on integer inputs, skips this part;
+    - ``mixed_precision``: ``mixed_float16`` (as the global policy) and
+      ``mixed_bfloat16`` (as the layer's ``dtype`` argument) with the float32
+      layer's weights keep float32 variables, give outputs in the compute dtype,
+      finite where float32 is, within ``MIXED_PRECISION_TOLERANCES`` of float32;
+      under ``mixed_float16`` the float inputs are also scaled up to
+      ``max |x| = 16``, where no output may overflow when float32 stays finite
+      and within the float16 range; the global policy is restored afterwards;
+    - ``saving``: ``build()`` alone (what ``load_model`` calls) creates every
+      weight that a call creates; a ``LayerModel`` and a functional model around
+      the layer saved as ``.keras`` reload in this process with equal outputs,
+      and in a fresh Python process (``fresh_process``), which imports
+      ``layer_cls.__module__`` first.
 
     Args:
         layer_cls: the layer class (registered with
@@ -439,43 +991,99 @@ def check_layer(
         init_kwargs: its constructor arguments.
         inputs: one array or a tuple of arrays, the positional call arguments;
             axis 0 is the batch.
-        call_kwargs: keyword arguments for every call.
+        call_kwargs: keyword arguments for every call; arrays among them (masks)
+            are passed as tensors (inputs of the models), the rest as is.
         config: run the config part.
         json: run the JSON part.
         symbolic: run the symbolic part.
         compiled: run the ``tf.function`` / XLA part (switch it off for string inputs).
         fit: run the training part.
         mixed_precision: run the mixed precision part.
-        saving: run the ``.keras`` part (a few seconds: a fresh interpreter imports TensorFlow).
-        atol: the absolute tolerance of the ``compiled`` and ``saving`` comparisons.
+        saving: run the ``.keras`` part.
+        fresh_process: ``True`` starts a fresh interpreter now (a few seconds:
+            it imports TensorFlow); a ``ReloadQueue`` collects the models for one
+            later ``queue.check()``; ``False`` reloads in this process only.
+        symbolic_shapes: the shapes, with ``None`` for unknown dims, of the
+            symbolic inputs (one per positional input, optionally followed by one
+            per array keyword argument).
+        expected_output_shape: the shape of the output, or a structure of shapes
+            like the outputs (``None`` for an output not checked).
+        expected_num_trainable_weights: the number of trainable weights after the call.
+        expected_num_non_trainable_weights: the number of non-trainable weights after the call.
+        reference_fn: ``reference_fn(layer, *inputs) -> outputs``, an independent
+            computation (numpy, a Keras built-in) from the built layer and the
+            positional input arrays; an array is compared with the first output,
+            a structure with the outputs (``None`` entries are skipped).
+        reference_atol: the absolute tolerance against ``reference_fn``.
+        reference_rtol: the tolerance against ``reference_fn`` relative to the output scale.
+        atol: the absolute tolerance of the config, compiled and saving comparisons.
+        rtol: their tolerance relative to the output scale.
+        mixed_precision_tolerances: ``{policy: relative tolerance}``;
+            ``MIXED_PRECISION_TOLERANCES`` by default.
 
     Returns:
-        The float32 layer, built by an eager call on ``inputs``.
+        The float32 layer, built by the eager call.
 
     Raises:
-        AssertionError: ``"check_layer[<part>] <LayerName>: <what broke>, <numbers>"``.
+        AssertionError: ``"check_layer[<part>] <LayerName>: <what broke, with the numbers>; inputs <dtypes and shapes>"``.
+        ValueError: ``symbolic_shapes`` do not match the inputs.
     """
-    name = layer_cls.__name__
-    call_kwargs = dict(call_kwargs or {})
-    arrays = tuple(np.asarray(array) for array in _as_tuple(inputs))
+    case = _Case(layer_cls, init_kwargs, inputs, call_kwargs)
+    signature = _symbolic_shapes(case, symbolic_shapes) if symbolic else [tuple(array.shape) for array in case.arrays]
+    tolerances = dict(MIXED_PRECISION_TOLERANCES if mixed_precision_tolerances is None else mixed_precision_tolerances)
+    name = case.name
+    context = case.describe
+
+    with _part("check_layer", "call", name, context) as fail:
+        layer = case.new_layer()
+        outputs = _flat(case.call(layer))
+        bad = [index for index, output in enumerate(outputs) if not _is_tensor(output)]
+        if bad:
+            raise fail(f"the outputs {bad} are not tensors ({[type(outputs[i]).__name__ for i in bad]}): Keras functional models reject them")
+        actual = _specs(outputs)
+        eager = [_to_numpy(output) for output in outputs]
+        for index, shape in enumerate(_per_output(expected_output_shape, len(eager), "shape")):
+            if shape is not None and tuple(eager[index].shape) != tuple(shape):
+                raise fail(f"output {index} has the shape {eager[index].shape}, expected {tuple(shape)}")
+        for label, count, weights in (
+            ("trainable", expected_num_trainable_weights, layer.trainable_weights),
+            ("non-trainable", expected_num_non_trainable_weights, layer.non_trainable_weights),
+        ):
+            if count is not None and len(weights) != count:
+                raise fail(f"the layer has {len(weights)} {label} weights {[w.path for w in weights]}, expected {count}")
+        if reference_fn is not None:
+            expected = [None if item is None else _to_numpy(item) for item in _per_output(reference_fn(layer, *case.positional), len(eager), "value")]
+            problem = _compare_outputs(eager, expected, reference_atol, reference_rtol, "the layer against reference_fn")
+            if problem:
+                raise fail(problem)
     if config:
-        _check_config(layer_cls, init_kwargs, name)
+        _config_part(layer, case.init_kwargs, "check_layer", context)
+        with _part("check_layer", "config", name, context) as fail:
+            _check_clone_outputs(case, layer, eager, atol, rtol, fail)
     if json:
-        _check_json(layer_cls, init_kwargs, name)
+        _json_part(layer, "check_layer", context)
+    graph_fn = xla_fn = None
+    if symbolic or compiled:
+        graph_fn, xla_fn = _functions(case, layer, signature)
     if symbolic:
-        _check_symbolic(layer_cls, init_kwargs, arrays, call_kwargs, name)
-    layer = layer_cls(**init_kwargs)
-    eager = [_to_numpy(tensor) for tensor in _flat_outputs(layer(*(tf.convert_to_tensor(array) for array in arrays), **call_kwargs))]
+        with _part("check_layer", "symbolic", name, context) as fail:
+            _check_symbolic(case, layer, actual, signature, graph_fn, fail)
     if compiled:
-        _check_compiled(layer, arrays, call_kwargs, eager, atol, name)
-    dense_units = _dense_units(layer, arrays)
+        with _part("check_layer", "compiled", name, context) as fail:
+            _check_compiled(case, (graph_fn, xla_fn), eager, atol, rtol, fail)
     if fit:
-        _check_fit(layer_cls, init_kwargs, arrays, call_kwargs, dense_units, name)
+        with _part("check_layer", "fit", name, context) as fail:
+            _check_fit(case, layer, eager, fail)
     if mixed_precision:
-        _check_mixed_precision(layer_cls, init_kwargs, arrays, call_kwargs, layer, eager, name)
+        with _part("check_layer", "mixed_precision", name, context) as fail:
+            _check_mixed_precision(case, layer, eager, tolerances, fail)
     if saving:
-        _check_saving(layer_cls, init_kwargs, arrays, call_kwargs, dense_units, atol, name)
+        with tempfile.TemporaryDirectory(prefix="mlable-check-layer-") as directory, _part("check_layer", "saving", name, context) as fail:
+            _check_saving(case, layer, atol, rtol, fresh_process, directory, fail)
     return layer
+
+
+# metrics -----------------------------------------------------------------------------------------
 
 
 def _split_sizes(total: int, splits: int) -> list[int]:
@@ -489,8 +1097,12 @@ def _split_sizes(total: int, splits: int) -> list[int]:
     return [int(size) for size in sizes]
 
 
-def _metric_fail(part: str, name: str, message: str) -> AssertionError:
-    return AssertionError(f"check_metric[{part}] {name}: {message}")
+def _result(metric: keras.metrics.Metric) -> np.ndarray:
+    return _to_numpy(metric.result()).astype(np.float64)
+
+
+def _show(value: np.ndarray) -> str:
+    return repr(float(value)) if np.ndim(value) == 0 else np.array2string(np.asarray(value), precision=6)
 
 
 def check_metric(
@@ -501,8 +1113,12 @@ def check_metric(
     sample_weight: Any = None,
     splits: int = 3,
     atol: float = 1e-6,
+    *,
+    weights: bool = True,
+    compiled: bool = True,
+    serialization: bool = True,
 ) -> None:
-    """Checks a metric against a reference, its invariance to batch splits, and its reset.
+    """Checks a metric against a reference, its accumulation, weights, reset, tracing and serialisation.
 
     Parts:
 
@@ -510,73 +1126,140 @@ def check_metric(
       ``reference_fn(y_true, y_pred, sample_weight)``;
     - ``split``: feeding the data in ``splits`` batches along axis 0, of unequal
       sizes in proportion ``1 : 2 : ... : splits``, gives the one-batch result
-      (a metric that averages batch means fails this);
+      (a metric that averages batch means fails this); skipped for one row;
+    - ``weights``: integer ``sample_weight`` (``2, 0, 1, 3, 2, 0, ...`` per row)
+      gives the result of repeating each row that many times without weights
+      (a metric that ignores or mis-applies ``sample_weight`` fails this);
     - ``reset``: after ``reset_state`` the result is that of a new metric, and
-      feeding the data again gives the one-batch result.
+      the same data gives the same result again;
+    - ``compiled``: ``update_state`` inside ``tf.function`` (as in a compiled
+      ``fit``) gives the eager result;
+    - ``serialization``: the class is registered, ``get_config`` round-trips
+      (``check_config``), and the metrics rebuilt by ``from_config`` and by the
+      JSON round trip give the same result on the data.
 
     Args:
         metric_factory: a callable returning a new metric, e.g. ``lambda: MyMetric(axis=-1)``.
         y_true: the targets, axis 0 the batch.
         y_pred: the predictions, same batch size.
-        reference_fn: ``reference_fn(y_true, y_pred, sample_weight) -> float``,
+        reference_fn: ``reference_fn(y_true, y_pred, sample_weight) -> value``,
             an independent computation (numpy, a naive loop).
         sample_weight: optional weights, axis 0 the batch.
         splits: the number of batches of the ``split`` part (at most the batch size).
         atol: the largest absolute difference allowed.
+        weights: run the ``weights`` part.
+        compiled: run the ``compiled`` part.
+        serialization: run the ``serialization`` part.
 
     Raises:
-        AssertionError: ``"check_metric[<part>] <MetricName>: ..."`` with the numbers.
+        AssertionError: ``"check_metric[<part>] <MetricName>: ...; y_true ..., y_pred ..."`` with the numbers.
     """
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    weights = None if sample_weight is None else np.asarray(sample_weight)
+    given = None if sample_weight is None else np.asarray(sample_weight)
+    if y_true.ndim == 0 or y_pred.ndim == 0 or y_true.shape[0] != y_pred.shape[0]:
+        raise ValueError(f"`y_true` and `y_pred` must share axis 0 (the batch). Received: shapes {y_true.shape} and {y_pred.shape}")
     metric = metric_factory()
     name = type(metric).__name__
-    fresh = _to_numpy(metric.result())
-    metric.update_state(y_true, y_pred, sample_weight=weights)
-    whole = float(_to_numpy(metric.result()))
-    expected = float(np.asarray(reference_fn(y_true, y_pred, weights)))
-    if not abs(whole - expected) <= atol:
-        raise _metric_fail("reference", name, f"the result {whole!r} differs from the reference {expected!r} by {abs(whole - expected):.3g} > atol={atol:g}")
+    arrays = [y_true, y_pred] + ([] if given is None else [given])
+    context = lambda: _describe_arrays(arrays, ["y_true", "y_pred", "sample_weight"][: len(arrays)])  # noqa: E731
 
-    sizes = _split_sizes(int(y_true.shape[0]), splits)
-    split = metric_factory()
-    start = 0
-    for size in sizes:
-        part = slice(start, start + size)
-        split.update_state(y_true[part], y_pred[part], sample_weight=None if weights is None else weights[part])
-        start += size
-    in_batches = float(_to_numpy(split.result()))
-    if not abs(in_batches - whole) <= atol:
-        raise _metric_fail(
-            "split", name,
-            f"feeding batches of sizes {sizes} gives {in_batches!r}, one batch gives {whole!r} "
-            f"(difference {abs(in_batches - whole):.3g} > atol={atol:g})",
-        )
+    def differs(left: np.ndarray, right: np.ndarray) -> bool:
+        return np.shape(left) != np.shape(right) or _difference(np.asarray(left), np.asarray(right))[0] > atol
 
-    metric.reset_state()
-    after_reset = _to_numpy(metric.result())
-    if not np.array_equal(after_reset, fresh, equal_nan=True):
-        raise _metric_fail("reset", name, f"after reset_state the result is {after_reset!r}, a new metric gives {fresh!r}")
-    metric.update_state(y_true, y_pred, sample_weight=weights)
-    again = float(_to_numpy(metric.result()))
-    if not abs(again - whole) <= atol:
-        raise _metric_fail("reset", name, f"after reset_state and the same data the result is {again!r} instead of {whole!r}")
+    with _part("check_metric", "reference", name, context) as fail:
+        fresh = _result(metric)
+        metric.update_state(y_true, y_pred, sample_weight=given)
+        whole = _result(metric)
+        expected = np.asarray(reference_fn(y_true, y_pred, given), dtype=np.float64)
+        if differs(whole, expected):
+            raise fail(f"the result {_show(whole)} differs from the reference {_show(expected)} (atol={atol:g})")
+
+    if y_true.shape[0] > 1:
+        with _part("check_metric", "split", name, context) as fail:
+            sizes = _split_sizes(int(y_true.shape[0]), splits)
+            split = metric_factory()
+            start = 0
+            for size in sizes:
+                rows = slice(start, start + size)
+                split.update_state(y_true[rows], y_pred[rows], sample_weight=None if given is None else given[rows])
+                start += size
+            in_batches = _result(split)
+            if differs(in_batches, whole):
+                raise fail(
+                    f"feeding batches of sizes {sizes} gives {_show(in_batches)}, one batch gives {_show(whole)} "
+                    f"(atol={atol:g}): the metric must accumulate totals and counts, not average batch results"
+                )
+
+    if weights:
+        with _part("check_metric", "weights", name, context) as fail:
+            counts = np.resize(np.asarray([2, 0, 1, 3], dtype=np.int64), y_true.shape[0])
+            if not counts.any():
+                counts[0] = 1
+            weighted = metric_factory()
+            weighted.update_state(y_true, y_pred, sample_weight=counts.astype("float32"))
+            repeated = metric_factory()
+            repeated.update_state(np.repeat(y_true, counts, axis=0), np.repeat(y_pred, counts, axis=0))
+            left, right = _result(weighted), _result(repeated)
+            if differs(left, right):
+                raise fail(
+                    f"sample_weight={counts.tolist()} gives {_show(left)}, repeating each row that many times without weights "
+                    f"gives {_show(right)} (atol={atol:g}): the metric ignores or mis-applies sample_weight"
+                )
+
+    with _part("check_metric", "reset", name, context) as fail:
+        metric.reset_state()
+        after_reset = _result(metric)
+        if np.shape(after_reset) != np.shape(fresh) or not np.array_equal(after_reset, fresh, equal_nan=True):
+            raise fail(f"after reset_state the result is {_show(after_reset)}, a new metric gives {_show(fresh)}")
+        metric.update_state(y_true, y_pred, sample_weight=given)
+        again = _result(metric)
+        if differs(again, whole):
+            raise fail(f"after reset_state and the same data the result is {_show(again)} instead of {_show(whole)}")
+
+    if compiled:
+        with _part("check_metric", "compiled", name, context) as fail:
+            traced = metric_factory()
+            update = tf.function(lambda *args: traced.update_state(*args[:2], sample_weight=None if len(args) < 3 else args[2]))
+            update(*[tf.convert_to_tensor(array) for array in arrays])
+            in_graph = _result(traced)
+            if differs(in_graph, whole):
+                raise fail(f"update_state in tf.function gives {_show(in_graph)}, eagerly {_show(whole)} (atol={atol:g})")
+
+    if serialization:
+        _config_part(metric, {}, "check_metric", context)
+        _json_part(metric, "check_metric", context)
+        with _part("check_metric", "serialization", name, context) as fail:
+            rebuilt = {
+                "from_config(get_config())": type(metric).from_config(metric.get_config()),
+                "the JSON round trip": keras.saving.deserialize_keras_object(
+                    json_module.loads(json_module.dumps(keras.saving.serialize_keras_object(metric)))
+                ),
+            }
+            for label, other in rebuilt.items():
+                other.update_state(y_true, y_pred, sample_weight=given)
+                value = _result(other)
+                if differs(value, whole):
+                    raise fail(f"the metric rebuilt by {label} gives {_show(value)} instead of {_show(whole)}: get_config() misses or mis-stores an argument")
 
 
 __all__ = [
     "HYPOTHESIS_MESSAGE",
     "LayerModel",
     "MIXED_PRECISION_TOLERANCES",
+    "OVERFLOW_PROBE_MAGNITUDE",
     "PARTS",
+    "ReloadQueue",
     "SPECIAL_CHARACTERS",
     "axis_pairs",
     "boolean_masks",
     "byte_tokens",
     "caches",
     "check_cached_decoding",
+    "check_config",
     "check_layer",
     "check_metric",
     "check_relative_positions",
+    "chunk_sizes",
     "divisors",
     "divisors_of",
     "float_arrays",
