@@ -1,7 +1,9 @@
-"""Hypothesis strategies shared by the tests: small shapes, axes and factors.
+"""Hypothesis strategies of the project's own tests: the argument cases of each op.
 
-Sizes stay small so that a property runs in milliseconds and TensorFlow
-tracing, not data, dominates.
+The generic strategies (shapes, divisors, text, logits, caches, chunkings) live
+in the public ``mlable_core.testing``, which users import too; this module only
+builds the cases of this library's ops from them. Sizes stay small so that a
+property runs in milliseconds and TensorFlow tracing, not data, dominates.
 """
 
 from __future__ import annotations
@@ -11,15 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 from hypothesis import strategies as st
 
+from mlable_core import testing
+from mlable_core.testing import SPECIAL_CHARACTERS, divisors  # noqa: F401  (re-exported for the tests)
+
 
 def shapes(min_rank: int = 1, max_rank: int = 5, min_side: int = 1, max_side: int = 6) -> st.SearchStrategy[tuple[int, ...]]:
-    """Shapes of rank in ``[min_rank, max_rank]`` with sides in ``[min_side, max_side]``."""
-    return st.lists(st.integers(min_side, max_side), min_size=min_rank, max_size=max_rank).map(tuple)
-
-
-def divisors(n: int) -> list[int]:
-    """Positive divisors of ``n`` (``[1]`` for 0, whose every factor would do)."""
-    return [d for d in range(1, n + 1) if n % d == 0] if n > 0 else [1]
+    """Shapes of rank in ``[min_rank, max_rank]`` with sides in ``[min_side, max_side]`` (``mlable_core.testing.shapes``)."""
+    return testing.shapes(min_rank=min_rank, max_rank=max_rank, min_side=min_side, max_side=max_side)
 
 
 def signed_axis(draw: st.DrawFn, axis: int, rank: int) -> int:
@@ -99,18 +99,9 @@ def group_cases(draw: st.DrawFn, max_rank: int = 3, max_group: int = 4, max_grou
 
 # text, Hilbert folding and sampling (issue 6) ---------------------------------------------------
 
-# characters that stress a byte codec: emoji (with skin tone and flag sequences), CJK, Hangul,
-# combining marks after their base letter, and astral-plane letters (4 UTF-8 bytes each)
-SPECIAL_CHARACTERS = "😀🎉👍🏽🇫🇷中文字漢語日本語한국어e\u0301a\u0308o\u0300\u20dd𝔘𝔫𝔦𐍈𠜎\U0010fffd"
-
-
 def texts(min_size: int = 0, max_size: int = 12) -> st.SearchStrategy[str]:
-    """Text without NUL (the padding character): any non-surrogate code point, often special ones."""
-    alphabet = st.one_of(
-        st.characters(codec="utf-8", exclude_characters="\x00"),
-        st.sampled_from(SPECIAL_CHARACTERS),
-    )
-    return st.text(alphabet, min_size=min_size, max_size=max_size)
+    """Text without NUL (the padding character), astral characters included (``mlable_core.testing.utf8_texts``)."""
+    return testing.utf8_texts(min_size=min_size, max_size=max_size)
 
 
 @st.composite
@@ -124,24 +115,9 @@ def hilbert_cases(draw: st.DrawFn, max_points: int = 64, max_rank: int = 4) -> t
     return order, rank, shape, signed_axis(draw, axis, len(shape))
 
 
-@st.composite
-def logits(draw: st.DrawFn, max_batch: int = 3, max_vocabulary: int = 12) -> np.ndarray:
-    """Float32 logits ``(B, V)`` in [-6, 6], some ``-inf``, at least one finite value per row.
-
-    Magnitudes below 1e-30 become 0: TensorFlow flushes subnormal results (e.g. of
-    ``logits / temperature``) to zero on CPU and numpy does not, which would make ties differ.
-    """
-    batch = draw(st.integers(1, max_batch))
-    vocabulary = draw(st.integers(1, max_vocabulary))
-    size = batch * vocabulary
-    finite = st.floats(-6, 6, allow_nan=False, width=32).map(lambda value: value if abs(value) >= 1e-30 else 0.0)
-    values = draw(st.lists(finite, min_size=size, max_size=size))
-    masked = draw(st.lists(st.booleans(), min_size=size, max_size=size))
-    array = np.asarray(values, dtype=np.float32).reshape(batch, vocabulary)
-    mask = np.asarray(masked).reshape(batch, vocabulary)
-    mask[:, 0] &= ~mask.all(axis=-1)  # keep one finite logit per row
-    array[mask] = -np.inf
-    return array
+def logits(max_batch: int = 3, max_vocabulary: int = 12) -> st.SearchStrategy[np.ndarray]:
+    """Float32 logits ``(B, V)`` in [-6, 6], some ``-inf``, at least one finite value per row (``mlable_core.testing.logits``)."""
+    return testing.logits(st.tuples(st.integers(1, max_batch), st.integers(1, max_vocabulary)))
 
 
 # cached attention (issue 4) ------------------------------------------------------------------
@@ -160,10 +136,8 @@ class DecodeCase:
 
 
 def chunk_sizes(draw: st.DrawFn, length: int) -> tuple[int, ...]:
-    """A random split of ``length`` positions into consecutive non-empty chunks."""
-    cuts = sorted(draw(st.sets(st.integers(1, length - 1), max_size=length - 1))) if length > 1 else []
-    bounds = [0, *cuts, length]
-    return tuple(right - left for left, right in zip(bounds, bounds[1:]))
+    """A random split of ``length`` positions into consecutive non-empty chunks (one chunk included)."""
+    return draw(testing.chunk_sizes(length, min_chunks=1))
 
 
 @st.composite
