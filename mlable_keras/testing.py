@@ -115,7 +115,9 @@ def _to_numpy(value: Any) -> np.ndarray:
     """A numpy array (half precision read as float32, sparse gradients densified)."""
     if isinstance(value, tf.IndexedSlices):
         value = tf.convert_to_tensor(value)
-    array = np.asarray(keras.ops.convert_to_numpy(value))
+    if hasattr(value, "numpy"):  # eager tensors and variables (np.asarray on them warns under NumPy 2)
+        value = value.numpy()
+    array = np.asarray(value)
     if array.dtype.name in ("bfloat16", "float16") or array.dtype.kind == "V":
         array = array.astype(np.float32)
     return array

@@ -1,6 +1,10 @@
 """Test configuration: hypothesis profiles, quiet TensorFlow, and the fresh-process check last.
 
-Profiles:
+The ``ci`` and ``dev`` hypothesis profiles are those of the package's pytest
+plugin (``mlable_core.pytest_plugin``, which users get through the ``pytest11``
+entry point of ``mlable[test]``); registering them here again is harmless when
+the plugin already did, and needed when the package is not installed with it:
+
 - ``ci``: selected when the ``CI`` environment variable is set; deterministic
   (derandomized, i.e. a fixed seed), no deadline, few examples.
 - ``dev``: the local default; random, no deadline, many examples.
@@ -14,27 +18,9 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from hypothesis import HealthCheck, settings  # noqa: E402
+from mlable_core.pytest_plugin import register_profiles  # noqa: E402
 
-_SLOW_CHECKS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
-
-settings.register_profile(
-    "ci",
-    derandomize=True,
-    deadline=None,
-    max_examples=15,
-    database=None,
-    print_blob=True,
-    suppress_health_check=_SLOW_CHECKS,
-)
-settings.register_profile(
-    "dev",
-    deadline=None,
-    max_examples=120,
-    print_blob=True,
-    suppress_health_check=_SLOW_CHECKS,
-)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
+register_profiles()
 
 
 def pytest_collection_modifyitems(session, config, items):  # noqa: ARG001
