@@ -72,7 +72,10 @@ _HINTS = (
     (r"cannot add new elements of state|only supports singleton tf\.Variables", "weights are created in call(): create them in build()"),
     (r"numpy\(\)|has no attribute 'numpy'|OperatorNotAllowedInGraphError|not allowed in Graph execution|symbolic tf\.Tensor as a Python bool",
      "call() reads tensor values in Python (.numpy(), float(x), `if x > 0:`), which only works eagerly: use tf.cond / keras.ops.where"),
-    (r"Could not locate (class|function)|could not be deserialized", "the class is not registered: decorate it with @keras.saving.register_keras_serializable(package=...)"),
+    (r"Could not locate function", "get_config() holds a function Keras cannot find by name: store its name (keras.activations.serialize) or register it"),
+    (r"Could not locate class|could not be deserialized", "the class is not registered: decorate it with @keras.saving.register_keras_serializable(package=...)"),
+    (r"expected to be a (half|bfloat16) tensor but is a float tensor|expected to be a float tensor but is a (half|bfloat16) tensor",
+     "a float32 constant or weight meets the compute dtype: cast it with keras.ops.cast(..., self.compute_dtype)"),
     (r"unsupported operand type\(s\) for .*NoneType|NoneType", "a shape computation does not handle unknown (None) dims: read run-time sizes with tf.shape / keras.ops.shape"),
 )
 
@@ -231,8 +234,23 @@ def _error_summary(error: BaseException, limit: int = 600) -> str:
 # the layer under test ----------------------------------------------------------------------------
 
 
+def _rebuild(structure: Sequence[int] | None, values: Sequence[Any]) -> list[Any]:
+    """The positional arguments from their flat list: ``-1`` takes one value, ``n >= 0`` a list of ``n``."""
+    if structure is None:
+        return list(values)
+    arguments, start = [], 0
+    for size in structure:
+        if size < 0:
+            arguments.append(values[start])
+            start += 1
+        else:
+            arguments.append(list(values[start : start + size]))
+            start += size
+    return arguments
+
+
 class _Case:
-    """One layer configuration and its inputs: positional arrays, array keyword arguments (masks), the rest."""
+    """One layer configuration and its inputs: positional arrays (or lists of arrays), array keyword arguments (masks), the rest."""
 
     def __init__(self, layer_cls: type, init_kwargs: Mapping[str, Any], inputs: Any, call_kwargs: Mapping[str, Any] | None) -> None:
         if not isinstance(layer_cls, type) or not issubclass(layer_cls, keras.layers.Layer):
@@ -243,7 +261,13 @@ class _Case:
         items = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
         if not items:
             raise ValueError("`inputs` must hold at least one array. Received: inputs=()")
-        self.positional = tuple(_to_numpy(item) if not isinstance(item, np.ndarray) else item for item in items)
+        self.structure: list[int] = []
+        self.flat_positional: list[np.ndarray] = []
+        for item in items:
+            group = isinstance(item, (list, tuple))
+            members = list(item) if group else [item]
+            self.structure.append(len(members) if group else -1)
+            self.flat_positional += [member if isinstance(member, np.ndarray) else _to_numpy(member) for member in members]
         self.tensor_kwargs: dict[str, np.ndarray] = {}
         self.static_kwargs: dict[str, Any] = {}
         for key, value in dict(call_kwargs or {}).items():
@@ -254,16 +278,20 @@ class _Case:
         self.training_given = "training" in self.static_kwargs
 
     @property
-    def arrays(self) -> list[np.ndarray]:
-        """Every input array: the positional ones, then the array keyword arguments."""
-        return list(self.positional) + list(self.tensor_kwargs.values())
+    def positional(self) -> list[Any]:
+        """The positional arguments: arrays, or lists of arrays."""
+        return _rebuild(self.structure, self.flat_positional)
 
     @property
-    def names(self) -> list[str]:
-        return [""] * len(self.positional) + [f"{key}=" for key in self.tensor_kwargs]
+    def arrays(self) -> list[np.ndarray]:
+        """Every input array, flat: the positional ones, then the array keyword arguments."""
+        return list(self.flat_positional) + list(self.tensor_kwargs.values())
 
     def describe(self) -> str:
-        text = _describe_arrays(self.arrays, self.names)
+        parts = [
+            f"[{_describe_arrays(item)}]" if isinstance(item, list) else _describe_arrays([item]) for item in self.positional
+        ] + [f"{key}={_describe_arrays([array])}" for key, array in self.tensor_kwargs.items()]
+        text = ", ".join(parts)
         if self.static_kwargs:
             text += ", " + ", ".join(f"{key}={value!r}" for key, value in self.static_kwargs.items())
         return f"inputs {text}"
@@ -274,12 +302,12 @@ class _Case:
     def call(self, layer: keras.layers.Layer, arrays: Sequence[Any] | None = None, training: bool | None = False) -> Any:
         """Calls ``layer`` on the inputs (or on ``arrays``, in the order of ``self.arrays``)."""
         values = list(self.arrays if arrays is None else arrays)
-        count = len(self.positional)
+        count = len(self.flat_positional)
         kwargs = dict(self.static_kwargs)
         kwargs.update(zip(self.tensor_kwargs, values[count:]))
         if not self.training_given and training is not None:
             kwargs["training"] = training
-        return layer(*values[:count], **kwargs)
+        return layer(*_rebuild(self.structure, values[:count]), **kwargs)
 
     def tensors(self, arrays: Sequence[np.ndarray] | None = None) -> list[tf.Tensor]:
         return [tf.convert_to_tensor(array) for array in (self.arrays if arrays is None else arrays)]
@@ -319,10 +347,12 @@ class LayerModel(keras.Model):
         call_kwargs: keyword arguments (JSON-able values) for every call of the layer.
         tensor_kwargs: names of keyword arguments given as tensors, after the positional inputs.
         dense_units: when set, a ``Dense(dense_units)`` is applied to the first input first.
+        structure: how the flat positional inputs form the layer's arguments: ``-1`` one
+            tensor, ``n >= 0`` a list of ``n`` tensors; ``None``: one tensor each.
         **kwargs: base ``keras.Model`` arguments.
 
     Call arguments:
-        inputs: the list of the layer's positional inputs followed by the tensors of ``tensor_kwargs``.
+        inputs: the flat list of the layer's positional inputs followed by the tensors of ``tensor_kwargs``.
 
     Output shape:
         The float outputs of the layer (one tensor, or a list when there are several).
@@ -334,9 +364,11 @@ class LayerModel(keras.Model):
         call_kwargs: dict | None = None,
         tensor_kwargs: Sequence[str] = (),
         dense_units: int | None = None,
+        structure: Sequence[int] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.structure = None if structure is None else [int(size) for size in structure]
         self.layer = keras.saving.deserialize_keras_object(layer) if isinstance(layer, dict) else layer
         self.call_kwargs = dict(call_kwargs or {})
         self.tensor_kwargs = list(tensor_kwargs)
@@ -353,7 +385,7 @@ class LayerModel(keras.Model):
         kwargs.update(zip(self.tensor_kwargs, inputs[count:]))
         if training is not None and "training" not in self.call_kwargs:
             kwargs["training"] = training
-        return _flat(self.layer(*inputs[:count], **kwargs))
+        return _flat(self.layer(*_rebuild(self.structure, inputs[:count]), **kwargs))
 
     def call(self, inputs: Sequence[Any], training: bool | None = None) -> Any:
         outputs = [output for output in self.all_outputs(inputs, training) if _is_float(output.dtype)]
@@ -366,6 +398,7 @@ class LayerModel(keras.Model):
             call_kwargs=self.call_kwargs,
             tensor_kwargs=self.tensor_kwargs,
             dense_units=self.dense_units,
+            structure=self.structure,
         )
         return config
 
@@ -495,6 +528,25 @@ class ReloadQueue:
 _PLAIN = (bool, int, float, str, type(None))
 
 
+def _comparable(value: Any) -> Any:
+    """A config value as Keras saves it (objects and arrays serialized), so that equal settings compare equal."""
+    if isinstance(value, Mapping):
+        return {key: _comparable(item) for key, item in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_comparable(item) for item in value]
+    if isinstance(value, _PLAIN):
+        return value
+    try:
+        return _comparable(keras.saving.serialize_keras_object(value))
+    except Exception:  # noqa: BLE001 (not serializable: compared as text, and the JSON part reports it)
+        return repr(value)
+
+
+def _changed_keys(config: Mapping[str, Any], other: Mapping[str, Any]) -> list[str]:
+    absent = "<absent>"
+    return sorted(key for key in set(config) | set(other) if _comparable(config.get(key, absent)) != _comparable(other.get(key, absent)))
+
+
 def _is_plain(value: Any) -> bool:
     if isinstance(value, (tuple, list)):
         return all(_is_plain(item) for item in value)
@@ -546,7 +598,7 @@ def _config_part(obj: Any, init_kwargs: Mapping[str, Any], kind: str, context: C
         except Exception as error:
             raise fail(f"from_config(get_config()) raised {type(error).__name__}: {_first_line(error)}") from error
         clone_config = clone.get_config()
-        changed = sorted(key for key in set(config) | set(clone_config) if config.get(key, "<absent>") != clone_config.get(key, "<absent>"))
+        changed = _changed_keys(config, clone_config)
         if changed:
             key = changed[0]
             raise fail(
@@ -584,9 +636,8 @@ def _json_part(obj: Any, kind: str, context: Callable[[], str]) -> None:
             raise fail(f"deserialize_keras_object of the JSON config raised {type(error).__name__}: {_first_line(error)}{_hint(error)}") from error
         if type(restored) is not cls:
             raise fail(f"the JSON round trip gave a {type(restored).__name__}, not a {name}")
-        restored_config = restored.get_config()
-        if restored_config != config:
-            changed = sorted(key for key in set(config) | set(restored_config) if config.get(key) != restored_config.get(key))
+        changed = _changed_keys(config, restored.get_config())
+        if changed:
             raise fail(f"the JSON round trip changed the config at the keys {changed}")
 
 
@@ -628,7 +679,7 @@ def _symbolic_shapes(case: _Case, given: Sequence[Sequence[int | None]] | None) 
     if given is None:
         return [_default_symbolic_shape(array.shape) for array in arrays]
     shapes_ = [tuple(shape) for shape in given]
-    if len(shapes_) == len(case.positional):  # the array keyword arguments keep the default
+    if len(shapes_) == len(case.flat_positional):  # the array keyword arguments keep the default
         shapes_ += [_default_symbolic_shape(array.shape) for array in arrays[len(shapes_) :]]
     if len(shapes_) != len(arrays):
         raise ValueError(f"`symbolic_shapes` must hold one shape per input. Received: {len(shapes_)} shapes for {case.describe()}")
@@ -642,12 +693,12 @@ def _specs(outputs: Sequence[Any]) -> list[tuple[tuple[int | None, ...], str]]:
     return [(tuple(None if dim is None else int(dim) for dim in output.shape), _dtype_name(output.dtype)) for output in outputs]
 
 
-def _spec_problem(what: str, claimed: Sequence[tuple[tuple[int | None, ...], str]], actual: Sequence[tuple[tuple[int, ...], str]], exact: bool) -> str | None:
-    """What differs between symbolic output specs and the eager outputs; a ``None`` dim matches any size unless ``exact``."""
+def _spec_problem(what: str, claimed: Sequence[tuple[tuple[int | None, ...], str]], actual: Sequence[tuple[tuple[int, ...], str]]) -> str | None:
+    """What differs between symbolic output specs and the eager outputs; a ``None`` dim matches any size."""
     if len(claimed) != len(actual):
         return f"{what} gives {len(claimed)} outputs, the call returns {len(actual)}"
     for index, ((shape, dtype), (real_shape, real_dtype)) in enumerate(zip(claimed, actual)):
-        if len(shape) != len(real_shape) or any((dim is not None or exact) and dim != size for dim, size in zip(shape, real_shape)):
+        if len(shape) != len(real_shape) or any(dim is not None and dim != size for dim, size in zip(shape, real_shape)):
             return f"{what} gives output {index} the shape {shape}, the call returns {real_shape}"
         if dtype != real_dtype:
             return f"{what} gives output {index} the dtype {dtype}, the call returns {real_dtype}"
@@ -660,31 +711,31 @@ def _functions(case: _Case, layer: keras.layers.Layer, signature: Sequence[tuple
     def forward(*arrays: Any) -> Any:
         return case.call(layer, arrays)
 
-    specs = [tf.TensorSpec(shape, tf.as_dtype(array.dtype)) for shape, array in zip(signature, case.arrays)]
+    specs = [tf.TensorSpec(shape, tf.as_dtype(_dtype_name(array.dtype))) for shape, array in zip(signature, case.arrays)]
     return tf.function(forward, input_signature=specs), tf.function(forward, input_signature=specs, jit_compile=True)
 
 
 def _check_symbolic(
     case: _Case, layer: keras.layers.Layer, actual: list[tuple[tuple[int, ...], str]], symbolic: list[tuple[int | None, ...]], graph_fn: Any, fail: Callable[[str], AssertionError]
 ) -> None:
-    def spec_call(shapes_: Sequence[tuple[int | None, ...]], what: str) -> None:
+    def spec_call(shapes_: Sequence[tuple[int | None, ...]]) -> None:
         symbols = [keras.Input(batch_shape=shape, dtype=_dtype_name(array.dtype)) for shape, array in zip(shapes_, case.arrays)]
         label = f"the symbolic call (compute_output_shape / compute_output_spec) on keras.Input of shapes {[tuple(s) for s in shapes_]}"
         try:
             outputs = _flat(case.call(layer, symbols, training=None))
         except Exception as error:
             raise fail(f"{label} raised {type(error).__name__}: {_first_line(error)}{_hint(error)}") from error
-        problem = _spec_problem(label, _specs(outputs), actual, exact=what == "known")
+        problem = _spec_problem(label, _specs(outputs), actual)
         if problem:
             raise fail(problem)
 
-    spec_call([tuple(array.shape) for array in case.arrays], "known")
-    spec_call(symbolic, "unknown")
+    spec_call([tuple(array.shape) for array in case.arrays])
+    spec_call(symbolic)
     try:
         traced = graph_fn.get_concrete_function()
     except Exception as error:
         raise fail(f"tracing call() in tf.function on inputs of shapes {symbolic} raised {type(error).__name__}: {_first_line(error)}{_hint(error)}") from error
-    problem = _spec_problem(f"call() traced in tf.function on inputs of shapes {symbolic}", _specs(_flat(traced.structured_outputs)), actual, exact=False)
+    problem = _spec_problem(f"call() traced in tf.function on inputs of shapes {symbolic}", _specs(_flat(traced.structured_outputs)), actual)
     if problem:
         raise fail(problem)
 
@@ -698,7 +749,7 @@ def _check_compiled(case: _Case, functions: tuple[Any, Any], eager: list[np.ndar
             raise fail(f"{label} raised {type(error).__name__}: {_first_line(error)}{_hint(error)}") from error
         problem = _compare_outputs(outputs, eager, atol, rtol, f"{label} against the eager call")
         if problem:
-            raise fail(problem + " (a Python side effect in call(), or an op that behaves differently when traced)")
+            raise fail(problem + " (a Python side effect in call(), randomness at inference, or an op that behaves differently when traced)")
 
 
 # one compiled training step ----------------------------------------------------------------------
@@ -712,22 +763,28 @@ def _check_fit(case: _Case, main: keras.layers.Layer, eager: list[np.ndarray], f
             f"none of the layer's {len(main.weights)} weights {[weight.path for weight in main.weights]} is trainable, so fit cannot "
             f"change it: create them with trainable=True, or pass fit=False if the layer is frozen on purpose"
         )
-    first = case.positional[0]
+    first = case.flat_positional[0]
     dense_units = None
     if not main.weights:
         if not _is_float(first.dtype) or not first.ndim:
             return  # a weightless layer on integer inputs: nothing to train
         dense_units = int(first.shape[-1])  # a Dense in front gives the model weights, which train through the layer
-    model = LayerModel(case.new_layer(), case.static_kwargs, list(case.tensor_kwargs), dense_units)
+    model = LayerModel(case.new_layer(), case.static_kwargs, list(case.tensor_kwargs), dense_units, case.structure)
     tensors = case.tensors()
-    rng = np.random.default_rng(0)
-    with tf.GradientTape() as tape:
-        predictions = _flat(model(tensors, training=True))  # also builds the model
-        targets = [rng.normal(size=tuple(prediction.shape)).astype("float32") for prediction in predictions]
-        loss = tf.add_n([tf.reduce_mean(tf.square(tf.cast(p, "float32") - t)) for p, t in zip(predictions, targets)])
+    model(tensors, training=False)  # builds, so that the weights exist before the first gradient
     weights = list(model.layer.trainable_weights) + ([] if model.dense is None else list(model.dense.trainable_weights))
-    for weight, gradient in zip(weights, tape.gradient(loss, weights)):
-        owner = "the Dense in front of the (weightless) layer" if model.dense is not None and any(weight is w for w in model.dense.weights) else "the layer"
+    owners = ["the Dense in front of the (weightless) layer" if model.dense is not None and any(weight is w for w in model.dense.weights) else "the layer" for weight in weights]
+    rng = np.random.default_rng(0)
+    targets = [rng.normal(size=tuple(output.shape)).astype("float32") for output in _flat(model(tensors, training=False))]
+
+    def gradients() -> list[Any]:
+        with tf.GradientTape() as tape:
+            predictions = _flat(model(tensors, training=True))
+            loss = tf.add_n([tf.reduce_mean(tf.square(tf.cast(p, "float32") - t)) for p, t in zip(predictions, targets)])
+        return tape.gradient(loss, weights)
+
+    first_gradients = gradients()
+    for weight, owner, gradient in zip(weights, owners, first_gradients):
         if gradient is None:
             raise fail(
                 f"the trainable weight {weight.path} {tuple(weight.shape)} of {owner} gets no gradient from the outputs "
@@ -742,6 +799,18 @@ def _check_fit(case: _Case, main: keras.layers.Layer, eager: list[np.ndarray], f
     after = [_to_numpy(weight) for weight in weights]
     if all(np.array_equal(b, a) for b, a in zip(before, after)):
         raise fail(f"no trainable weight of the {len(weights)} moved in the compiled (XLA) training step (loss {value:.4g})")
+    # a zero gradient at the start can be legitimate (a zero-initialised LoRA factor); one that stays zero after
+    # a step, when every other weight has moved, cannot learn
+    stuck = [index for index, gradient in enumerate(first_gradients) if not np.any(_to_numpy(gradient))]
+    if stuck:
+        later = gradients()
+        for index in stuck:
+            if not np.any(_to_numpy(later[index])):
+                weight = weights[index]
+                raise fail(
+                    f"the trainable weight {weight.path} {tuple(weight.shape)} of {owners[index]} gets an all-zero gradient before "
+                    f"and after a training step, so it never learns (multiplied by zero, a dead ReLU, a softmax over one position?)"
+                )
 
 
 # mixed precision ---------------------------------------------------------------------------------
@@ -753,7 +822,7 @@ def _probe_inputs(case: _Case) -> list[tuple[list[np.ndarray], float]]:
     Empty when the float inputs are already that large (the main comparison has seen them).
     """
     arrays = case.arrays
-    floats = [index for index, array in enumerate(arrays[: len(case.positional)]) if _is_float(array.dtype) and array.size]
+    floats = [index for index, array in enumerate(arrays[: len(case.flat_positional)]) if _is_float(array.dtype) and array.size]
     largest = max((float(np.max(np.abs(arrays[index]))) for index in floats), default=0.0)
     if not floats or not 0 < largest < OVERFLOW_PROBE_MAGNITUDE:
         return []
@@ -868,7 +937,7 @@ def _check_saving(
     fail: Callable[[str], AssertionError],
 ) -> None:
     _check_build(case, main, fail)
-    subclassed = LayerModel(case.new_layer(), case.static_kwargs, list(case.tensor_kwargs))
+    subclassed = LayerModel(case.new_layer(), case.static_kwargs, list(case.tensor_kwargs), None, case.structure)
     subclassed(case.tensors(), training=False)  # builds
     symbols = [keras.Input(batch_shape=array.shape, dtype=_dtype_name(array.dtype)) for array in case.arrays]
     try:
@@ -991,8 +1060,9 @@ def check_layer(
         layer_cls: the layer class (registered with
             ``keras.saving.register_keras_serializable`` for ``json`` and ``saving``).
         init_kwargs: its constructor arguments.
-        inputs: one array or a tuple of arrays, the positional call arguments;
-            axis 0 is the batch.
+        inputs: one array or a tuple of the positional call arguments, each an
+            array or a list of arrays (``([a, b],)`` for a layer called on a list,
+            as Keras' merge layers are); axis 0 is the batch.
         call_kwargs: keyword arguments for every call; arrays among them (masks)
             are passed as tensors (inputs of the models), the rest as is.
         config: run the config part.
@@ -1006,8 +1076,8 @@ def check_layer(
             it imports TensorFlow); a ``ReloadQueue`` collects the models for one
             later ``queue.check()``; ``False`` reloads in this process only.
         symbolic_shapes: the shapes, with ``None`` for unknown dims, of the
-            symbolic inputs (one per positional input, optionally followed by one
-            per array keyword argument).
+            symbolic inputs, one per input array (the arrays of a list one by one),
+            optionally followed by one per array keyword argument.
         expected_output_shape: the shape of the output, or a structure of shapes
             like the outputs (``None`` for an output not checked).
         expected_num_trainable_weights: the number of trainable weights after the call.

@@ -222,6 +222,7 @@ CORRECT_LAYERS = [
     pytest.param(keras.layers.Embedding, dict(input_dim=10, output_dim=3), IDS, None, id="integer-inputs-keras-embedding"),
     pytest.param(GatedSum, dict(rate=0.5), (X, X[::-1] + 1), dict(mask=np.asarray([[1, 1, 0], [1, 0, 0]], bool)), id="two-inputs-mask-dropout"),
     pytest.param(TwoHeads, dict(units=2), X, None, id="dict-outputs"),
+    pytest.param(keras.layers.Add, dict(), ([X, X[::-1]],), None, id="list-input-keras-add"),
     pytest.param(GuideStyleBlock, dict(units=4), X, None, id="sublayers-without-build"),
     pytest.param(keras.layers.BatchNormalization, dict(), X, None, id="non-trainable-state-keras-batchnorm"),
     pytest.param(LowRank, dict(units=3, rank=2), X, None, id="zero-initialised-factor"),
@@ -415,6 +416,14 @@ class FrozenKernel(Linear):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
+class ZeroedKernel(Linear):
+    """Bug: the kernel is multiplied by a zero mask: its gradient is zero forever, only the bias learns."""
+
+    def call(self, inputs):
+        return keras.ops.matmul(inputs, self.kernel * keras.ops.zeros_like(self.kernel)) + self.bias
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class NonTrainable(Linear):
     """Bug: its weights are created with ``trainable=False`` by mistake."""
 
@@ -526,6 +535,7 @@ BROKEN_LAYERS = [
     pytest.param(BranchesOnValue, dict(), X, only("compiled"), r"check_layer\[compiled\] BranchesOnValue: tf.function raised .*call\(\) reads tensor values in Python", id="python-branch-on-tensor"),
     pytest.param(HostCallback, dict(), X, only("compiled"), r"check_layer\[compiled\] HostCallback: tf.function\(jit_compile=True\) \(XLA\) raised ", id="not-xla-compatible"),
     pytest.param(FrozenKernel, dict(), X, only("fit"), r"check_layer\[fit\] FrozenKernel: the trainable weight .*kernel \(4, 3\) of the layer gets no gradient from the outputs \(tf.stop_gradient", id="stop-gradient"),
+    pytest.param(ZeroedKernel, dict(), X, only("fit"), r"check_layer\[fit\] ZeroedKernel: the trainable weight .*kernel \(4, 3\) of the layer gets an all-zero gradient before and after a training step", id="zero-gradient"),
     pytest.param(NonTrainable, dict(), X, only("fit"), r"check_layer\[fit\] NonTrainable: none of the layer's 2 weights .* is trainable, so fit cannot change it", id="non-trainable-by-mistake"),
     pytest.param(Float32Output, dict(), X, only("mixed_precision"), r"check_layer\[mixed_precision\] Float32Output: mixed_float16 \(global policy\): output 0 has the dtype float32, not the compute dtype float16 \(the layer ignores its dtype policy\)", id="ignores-dtype-policy"),
     pytest.param(HalfVariables, dict(), X, only("mixed_precision"), r"check_layer\[mixed_precision\] HalfVariables: mixed_float16 \(global policy\): the variable .*kernel is float16, not float32", id="half-precision-variables"),
@@ -821,10 +831,26 @@ METRIC_DATA = RNG.normal(size=(2, 7, 3)).astype("float32")
 WEIGHTS = np.linspace(0.5, 2.0, 7).astype("float32")
 
 
+def _binary_accuracy(y_true, y_pred, sample_weight):
+    rows = ((y_pred > 0.5) == (y_true > 0.5)).mean(axis=-1)
+    weights = np.ones_like(rows) if sample_weight is None else sample_weight
+    return float((rows * weights).sum() / weights.sum())
+
+
 @pytest.mark.parametrize("sample_weight", [None, WEIGHTS])
-@pytest.mark.parametrize(("factory", "reference"), [(keras.metrics.MeanAbsoluteError, _mean_absolute_error), (lambda: RateAbove(threshold=0.8), _rate_above(0.8))])
+@pytest.mark.parametrize(
+    ("factory", "reference"),
+    [
+        (keras.metrics.MeanAbsoluteError, _mean_absolute_error),
+        (lambda: RateAbove(threshold=0.8), _rate_above(0.8)),
+        (keras.metrics.BinaryAccuracy, _binary_accuracy),
+    ],
+)
 def test_check_metric_passes_correct_metrics(factory, reference, sample_weight):
-    testing.check_metric(factory, METRIC_DATA[0], METRIC_DATA[1], reference, sample_weight, splits=3, atol=1e-5)
+    y_true, y_pred = METRIC_DATA
+    if reference is _binary_accuracy:
+        y_true, y_pred = (y_true > 0).astype("float32"), 1 / (1 + np.exp(-y_pred))
+    testing.check_metric(factory, y_true, y_pred, reference, sample_weight, splits=3, atol=1e-5)
 
 
 METRIC_BUGS = [
