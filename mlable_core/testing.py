@@ -426,10 +426,11 @@ def check_cached_decoding(
     chunks of ``chunk_sizes``; each chunk goes through
     ``step_fn(chunk, cache, step)``, with ``step`` the position of its first
     element and the cache returned by the previous call. The outputs are
-    concatenated along axis 1 and compared to ``full_fn(inputs)``. With
-    ``rewrite``, a second pass from the initial cache writes the first chunk
-    twice (the second time on the cache of the first write), as beam search and
-    speculative decoding do; its outputs must not change.
+    concatenated along axis 1 and compared to ``full_fn(inputs)``; so are those
+    of one prefill of the whole sequence through ``step_fn``. With ``rewrite``, a
+    pass from the initial cache writes the first chunk twice (the second time on
+    the cache of the first write), as beam search and speculative decoding do;
+    its outputs must not change.
 
     Catches caches that accumulate instead of overwriting (even from a zero
     cache, thanks to the rewrite), slots written at the wrong step, masks that
@@ -463,23 +464,26 @@ def check_cached_decoding(
             f"`chunk_sizes` must be positive ints summing to the length S={length} of axis 1. "
             f"Received: chunk_sizes={sizes}, inputs with shape {tuple(array.shape)}"
         )
-    context = f"inputs {_describe(array)}, chunk_sizes={sizes}"
     full = _to_numpy(full_fn(array))
-    chunked, _ = _decode(step_fn, array, sizes, cache, context)
-    if chunked.shape != full.shape:
-        raise AssertionError(
-            f"check_cached_decoding: the chunked outputs have shape {tuple(chunked.shape)}, the full pass "
-            f"{tuple(full.shape)}; {context}"
-        )
-    largest, where = _largest_difference(chunked, full)
-    if largest > atol:
-        first, chunk = _first_difference(chunked, full, sizes, atol)
-        start = sum(sizes[:chunk])
-        raise AssertionError(
-            f"check_cached_decoding: decoding in chunks differs from one full pass: max |difference| = {largest:.3g} "
-            f"> atol={atol:g} at index {where} (chunked {float(chunked[where]):.6g}, full {float(full[where]):.6g}); the first differing "
-            f"position is {first}, in chunk {chunk} (step={start}, size={sizes[chunk]}); {context}"
-        )
+    # the chunking asked for, then one prefill of the whole sequence through the cache
+    for chunking in [sizes] + ([(length,)] if sizes != (length,) else []):
+        context = f"inputs {_describe(array)}, chunk_sizes={chunking}"
+        chunked, _ = _decode(step_fn, array, chunking, cache, context)
+        if chunked.shape != full.shape:
+            raise AssertionError(
+                f"check_cached_decoding: the chunked outputs have shape {tuple(chunked.shape)}, the full pass "
+                f"{tuple(full.shape)}; {context}"
+            )
+        largest, where = _largest_difference(chunked, full)
+        if largest > atol:
+            first, chunk = _first_difference(chunked, full, chunking, atol)
+            start = sum(chunking[:chunk])
+            raise AssertionError(
+                f"check_cached_decoding: decoding in chunks differs from one full pass: max |difference| = {largest:.3g} "
+                f"> atol={atol:g} at index {where} (chunked {float(chunked[where]):.6g}, full {float(full[where]):.6g}); the first differing "
+                f"position is {first}, in chunk {chunk} (step={start}, size={chunking[chunk]}); {context}"
+            )
+    context = f"inputs {_describe(array)}, chunk_sizes={sizes}"
     if not rewrite:
         return
     again, rewritten = _decode(step_fn, array, sizes, cache, context, repeat_first=True)

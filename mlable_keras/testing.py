@@ -608,7 +608,7 @@ def _config_part(obj: Any, init_kwargs: Mapping[str, Any], kind: str, context: C
         for key in init_kwargs:
             if hasattr(obj, key) and hasattr(clone, key):
                 mine, theirs = getattr(obj, key), getattr(clone, key)
-                if _is_plain(mine) and _is_plain(theirs) and mine != theirs:
+                if _is_plain(mine) and _is_plain(theirs) and _comparable(mine) != _comparable(theirs):
                     raise fail(
                         f"get_config() stores the argument {key!r} wrongly: the object has {key}={mine!r}, "
                         f"the one rebuilt by from_config(get_config()) has {key}={theirs!r} (config value {config[key]!r})"
@@ -1037,12 +1037,14 @@ def check_layer(
     - ``compiled``: ``tf.function`` and ``tf.function(jit_compile=True)`` (traced
       on the unknown dims) give the eager outputs within ``atol + rtol * scale``
       (``scale = max(1, max |output|)``);
-    - ``fit``: every trainable weight of the layer gets a non-zero gradient of a
-      mean squared error on all its float outputs, and one ``fit`` step compiled
-      with XLA gives a finite loss and moves the weights. A layer with weights
-      none of which is trainable fails; a weightless layer on float inputs trains
-      a ``Dense`` in front of it (which needs a gradient through the layer); a
-      layer with no float output, or weightless on integer inputs, skips this part;
+    - ``fit``: every trainable weight of the layer gets a gradient of a mean
+      squared error on all its float outputs, one training step compiled with XLA
+      (``train_on_batch``, the step ``fit`` runs) gives a finite loss and moves
+      the weights, and no weight's gradient is all-zero both before and after
+      that step. A layer with weights none of which is trainable fails; a
+      weightless layer on float inputs trains a ``Dense`` in front of it (which
+      needs a gradient through the layer); a layer with no float output, or
+      weightless on integer inputs, skips this part;
     - ``mixed_precision``: ``mixed_float16`` (as the global policy) and
       ``mixed_bfloat16`` (as the layer's ``dtype`` argument) with the float32
       layer's weights keep float32 variables, give outputs in the compute dtype,

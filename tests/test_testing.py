@@ -670,12 +670,13 @@ def test_check_cached_decoding_catches_a_slot_written_at_the_wrong_step(case):
         core_testing.check_cached_decoding(_shifted_slot_step, _full_pass, inputs, chunks, tf.constant(cache), atol=1e-5)
 
 
-def test_check_cached_decoding_catches_a_prefill_that_differs_from_step_by_step():
+@pytest.mark.parametrize(("chunks", "message_chunks"), [((3, 1, 1), r"\(3, 1, 1\)"), ((1, 1, 1, 1, 1), r"\(5,\)")])
+def test_check_cached_decoding_catches_a_prefill_that_differs_from_step_by_step(chunks, message_chunks):
+    # steps of one position are right, a prefill of several is not: a one-prefill pass is always tried too
     inputs = RNG.normal(size=(2, 5, 2, 3)).astype("float32")
     cache = tf.zeros((2, 2, 6, 2, 3))
-    core_testing.check_cached_decoding(_leaky_prefill_step, _full_pass, inputs, (1, 1, 1, 1, 1), cache)  # steps of one are right
-    with pytest.raises(AssertionError, match=r"the first differing position is 0, in chunk 0 \(step=0, size=3\); inputs array of shape \(2, 5, 2, 3\) and dtype float32, chunk_sizes=\(3, 1, 1\)"):
-        core_testing.check_cached_decoding(_leaky_prefill_step, _full_pass, inputs, (3, 1, 1), cache)
+    with pytest.raises(AssertionError, match=r"the first differing position is 0, in chunk 0 \(step=0, size=[35]\); inputs array of shape \(2, 5, 2, 3\) and dtype float32, chunk_sizes=" + message_chunks):
+        core_testing.check_cached_decoding(_leaky_prefill_step, _full_pass, inputs, chunks, cache)
 
 
 @pytest.mark.parametrize(
