@@ -43,6 +43,9 @@ KEY_CHUNK_SIZE = 512
 # the running maximum starts here: finite, so that a row with no visible key yet keeps exp(m - m_new) = 1
 _START = -1e30
 
+# blocks in flight per loop: 1 keeps the memory to one block's temporaries (each matmul already uses every core)
+_PARALLEL = 1
+
 
 def _compute_dtype(dtype: tf.DType) -> tf.DType:
     """Scores, softmax and accumulators run in float32 (float64 stays float64)."""
@@ -197,7 +200,7 @@ def _forward(plan: _Plan, query: tf.Tensor, key: tf.Tensor, value: tf.Tensor, sc
             tf.zeros(tf.stack([batch, kv_heads, rows]), dtype),
             tf.zeros(tf.stack([batch, kv_heads, rows, plan.value_dim]), dtype),
         )
-        _, peak, total, mixed = tf.while_loop(lambda index, *_: index < high, key_step, start)
+        _, peak, total, mixed = tf.while_loop(lambda index, *_: index < high, key_step, start, parallel_iterations=_PARALLEL)
         output = tf.math.divide_no_nan(mixed, total[..., None])  # a row with no visible key: zeros
         # log-sum-exp of the visible scores; a row with no visible key gets 0 (its weights recompute to 0)
         lse = tf.where(total > 0, peak + tf.math.log(tf.maximum(total, tf.constant(1e-30, dtype))), tf.zeros((), dtype))
@@ -206,7 +209,7 @@ def _forward(plan: _Plan, query: tf.Tensor, key: tf.Tensor, value: tf.Tensor, sc
     outputs = tf.TensorArray(dtype, size=plan.query_blocks, element_shape=tf.TensorShape([None, None, None, None]))
     sums = tf.TensorArray(dtype, size=plan.query_blocks, element_shape=tf.TensorShape([None, None, None]))
     _, outputs, sums = tf.while_loop(
-        lambda block, *_: block < plan.query_blocks, query_step, (tf.constant(0), outputs, sums), parallel_iterations=1
+        lambda block, *_: block < plan.query_blocks, query_step, (tf.constant(0), outputs, sums), parallel_iterations=_PARALLEL
     )
     return outputs.stack(), sums.stack()
 
@@ -243,7 +246,7 @@ def _backward(
             _, score_grads = weights_and_score_grads(block, index, scaled, keys, values, grads, mask_rows, None)
             return index + 1, total + tf.matmul(score_grads, keys)  # sum over keys of dS K
 
-        _, total = tf.while_loop(lambda index, _: index < high, key_step, (low, tf.zeros_like(raw)))
+        _, total = tf.while_loop(lambda index, _: index < high, key_step, (low, tf.zeros_like(raw)), parallel_iterations=_PARALLEL)
         if with_scale:
             scale_grad += tf.reduce_sum(total * raw)  # d scale = sum dS * (q . k) = sum_i q_i . (dS K)_i
         return block + 1, query_grads.write(block, total * scale), scale_grad
@@ -263,20 +266,20 @@ def _backward(
             return index + 1, key_total, value_total
 
         start = (low, tf.zeros_like(keys), tf.zeros_like(values))
-        _, key_total, value_total = tf.while_loop(lambda index, *_: index < high, query_step_inner, start)
+        _, key_total, value_total = tf.while_loop(lambda index, *_: index < high, query_step_inner, start, parallel_iterations=_PARALLEL)
         return block + 1, key_grads.write(block, key_total), value_grads.write(block, value_total)
 
     shape4 = tf.TensorShape([None, None, None, None])
     query_grads = tf.TensorArray(dtype, size=plan.query_blocks, element_shape=shape4)
     _, query_grads, scale_grad = tf.while_loop(
         lambda block, *_: block < plan.query_blocks, query_step,
-        (tf.constant(0), query_grads, tf.zeros((), dtype)), parallel_iterations=1,
+        (tf.constant(0), query_grads, tf.zeros((), dtype)), parallel_iterations=_PARALLEL,
     )
     key_grads = tf.TensorArray(dtype, size=plan.key_blocks, element_shape=shape4)
     value_grads = tf.TensorArray(dtype, size=plan.key_blocks, element_shape=shape4)
     _, key_grads, value_grads = tf.while_loop(
         lambda block, *_: block < plan.key_blocks, key_step_outer, (tf.constant(0), key_grads, value_grads),
-        parallel_iterations=1,
+        parallel_iterations=_PARALLEL,
     )
     return query_grads.stack(), key_grads.stack(), value_grads.stack(), (scale_grad if with_scale else None)
 
