@@ -34,6 +34,7 @@ import tensorflow as tf
 
 from mlable_core import attention as plain
 from mlable_core import shapes
+from mlable_core.cache import in_xla_context
 from mlable_core.reshaping import dynamic_dims
 
 # default block sizes: a (B, N, 512, 512) float32 score block is 8 MiB for B * N = 8
@@ -292,7 +293,7 @@ def _check_bool(value: Any, name: str) -> bool:
 
 def _runtime_checks(query: tf.Tensor, key: tf.Tensor, value: tf.Tensor, mask: tf.Tensor | None) -> list[tf.Operation]:
     """Assertions on the sizes known only at run time (none eagerly, where every size is static)."""
-    if tf.executing_eagerly() or plain.in_xla_context():
+    if tf.executing_eagerly() or in_xla_context():
         return []
     query_dims, key_dims, value_dims = (tf.shape(t) for t in (query, key, value))
     text = "chunked_attention: query (B, T, N, H), key (B, S, K, H), value (B, S, K, Hv) must agree on"

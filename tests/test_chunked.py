@@ -134,6 +134,7 @@ def test_gradients_match_finite_differences():
     k, v = rng.normal(size=(1, 4, 2, 3)), rng.normal(size=(1, 4, 2, 2))
     mask = rng.random((1, 5, 4)) < 0.8
 
+    @tf.function  # traced once: finite differences call it for every input element
     def fn(a, b, c):
         return chunked.chunked_attention(a, b, c, attention_mask=mask, sliding_window=3, query_chunk_size=2, key_chunk_size=3)
 
@@ -300,8 +301,8 @@ ERRORS = [
     (lambda: chunked.chunked_attention(_Q, _KV[:, :4], _KV), ValueError, r"The key and value lengths S must agree: key S=4, value S=6"),
     (lambda: chunked.chunked_attention(_Q, _KV.astype("float16"), _KV), TypeError, r"`query`, `key` and `value` must share one dtype"),
     (lambda: chunked.chunked_attention(_Q[0], _KV, _KV), ValueError, r"`query` must have rank 4"),
-    (lambda: chunked.chunked_attention(_Q, _KV, _KV, attention_mask=np.ones((2, 3, 5), bool)), ValueError, r"`attention_mask` must have shape \(B, F, S\) with F=3 query positions \(or 1\) and S=6 key slots \(or 1\)\. Received: attention_mask with shape \(2, 3, 5\)"),
-    (lambda: chunked.chunked_attention(_Q, _KV, _KV, attention_mask=np.ones((3, 3, 6), bool)), ValueError, r"`attention_mask` must have shape \(B, F, S\) with B=2 \(the batch of `query`\) or 1\. Received: attention_mask with shape \(3, 3, 6\)"),
+    (lambda: chunked.chunked_attention(_Q, _KV, _KV, attention_mask=np.ones((2, 3, 5), bool)), ValueError, r"`attention_mask` must have shape \(B, T, S\) with T=3 query positions \(or 1\) and S=6 key slots \(or 1\)\. Received: attention_mask with shape \(2, 3, 5\)"),
+    (lambda: chunked.chunked_attention(_Q, _KV, _KV, attention_mask=np.ones((3, 3, 6), bool)), ValueError, r"`attention_mask` must have shape \(B, T, S\) with B=2 \(the batch of `query`\) or 1\. Received: attention_mask with shape \(3, 3, 6\)"),
     (lambda: chunked.chunked_attention(_Q, _KV, _KV, scale=tf.constant([0.5, 0.5])), ValueError, r"`scale` must be a number or a floating scalar tensor\. Received: scale with shape \(2,\)"),
     (lambda: chunked.chunked_attention(_Q, _KV, _KV, attention_mask=np.full((2, 3, 6), -1e9, "float32")), tf.errors.InvalidArgumentError, r"`attention_mask` of a float dtype must hold only 0 \(hidden\) and 1 \(visible\)"),
 ]
