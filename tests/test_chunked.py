@@ -8,9 +8,11 @@ and finite differences.
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -18,7 +20,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mlable_core import attention, chunked
+from mlable_keras.layers.transformer import CachedMultiHeadAttention
 from tests import strategies
+from tests.harness import run_layer_test
 
 # independent numpy references ---------------------------------------------------------------
 
@@ -328,3 +332,124 @@ def test_run_time_mismatches_are_named_in_a_graph(key_length, mask_shape, messag
     )
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
         fn(_Q, _KV[:, :key_length], _KV, np.ones(mask_shape, bool))
+
+
+# the layer option ---------------------------------------------------------------------------------
+
+WIDTH = 12
+
+
+def _data(*shape: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=shape).astype("float32")
+
+
+def _twins(**kwargs):
+    """The layer with ``attention_chunk_size=3`` and the plain layer, with the same weights."""
+    if "sliding_window" in kwargs and "sliding_window" not in inspect.signature(keras.layers.MultiHeadAttention.__init__).parameters:
+        pytest.skip(f"keras.layers.MultiHeadAttention of Keras {keras.__version__} has no `sliding_window`")
+    chunky = CachedMultiHeadAttention(num_heads=4, key_dim=3, attention_chunk_size=3, **kwargs)
+    plain = CachedMultiHeadAttention(num_heads=4, key_dim=3, **kwargs)
+    x = _data(2, 4, WIDTH)
+    chunky(x, x)
+    plain(x, x)
+    plain.set_weights(chunky.get_weights())
+    return chunky, plain
+
+
+def _masked(ids: np.ndarray) -> tf.Tensor:
+    keras.utils.set_random_seed(3)
+    return keras.layers.Embedding(10, WIDTH, mask_zero=True)(ids)
+
+
+LAYER_CASES = {
+    "causal": (dict(), dict()),
+    "bidirectional with a (B, T, S) mask": (dict(), dict(use_causal_mask=False, attention_mask="full")),
+    "causal with a (T, S) mask": (dict(), dict(attention_mask="two-d")),
+    "keras padding masks": (dict(), dict(masked=True)),
+    "grouped heads and RoPE": (dict(num_key_value_heads=2, rotary=True), dict()),
+    "sliding window": (dict(sliding_window=4), dict()),
+    "gate and dropout at inference": (dict(use_gate=True, dropout=0.5), dict(training=False)),
+}
+
+
+@pytest.mark.parametrize("name", list(LAYER_CASES))
+def test_the_layer_gives_the_plain_layer_outputs_and_gradients(name):
+    if "use_gate" in LAYER_CASES[name][0] and "use_gate" not in inspect.signature(keras.layers.MultiHeadAttention.__init__).parameters:
+        LAYER_CASES[name][0].pop("use_gate")
+    layer_kwargs, call = LAYER_CASES[name]
+    chunky, plain = _twins(**layer_kwargs)
+    call = dict(call)
+    query_ids = np.array([[3, 5, 2, 4, 1, 1, 2, 0, 0, 0, 0], [1, 4, 6, 7, 1, 2, 3, 4, 5, 6, 0]])
+    mask = call.pop("attention_mask", None)
+    if mask == "full":
+        call["attention_mask"] = np.random.default_rng(1).random((2, 11, 11)) < 0.6
+    elif mask == "two-d":
+        call["attention_mask"] = np.random.default_rng(2).random((11, 11)) < 0.6
+    masked = call.pop("masked", False)
+
+    def run(layer):
+        x = _masked(query_ids) if masked else tf.constant(_data(2, 11, WIDTH, seed=7))
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            outputs = layer(x, x, **call)
+            loss = tf.reduce_sum(tf.sin(outputs))
+        return outputs, tape.gradient(loss, [x, *layer.trainable_weights])
+
+    outputs, grads = run(chunky)
+    expected, expected_grads = run(plain)
+    np.testing.assert_allclose(outputs.numpy(), expected.numpy(), atol=2e-6)
+    for grad, reference in zip(grads, expected_grads):
+        np.testing.assert_allclose(grad.numpy(), reference.numpy(), atol=1e-5)
+
+
+def test_the_layer_fits_in_a_functional_model_under_xla_like_the_plain_layer():
+    chunky, plain = _twins(num_key_value_heads=2)
+    models = []
+    for layer in (chunky, plain):
+        inputs = keras.Input((None, WIDTH))
+        model = keras.Model(inputs, keras.layers.Dense(2, kernel_initializer="ones")(layer(inputs, inputs)))
+        model.compile(keras.optimizers.SGD(0.01), "mse", jit_compile=True)
+        models.append(model)
+    before = [weight.copy() for weight in models[0].get_weights()]
+    x, y = _data(4, 10, WIDTH, seed=8), _data(4, 10, 2, seed=9)
+    for model in models:
+        model.fit(x, y, epochs=2, batch_size=2, verbose=0, shuffle=False)
+    for ours, reference in zip(models[0].get_weights(), models[1].get_weights()):
+        np.testing.assert_allclose(ours, reference, atol=1e-5)
+    moved = [not np.allclose(old, new) for old, new in zip(before, models[0].get_weights())]
+    assert sum(moved) >= len(moved) - 1  # all but the key bias, to which a softmax is blind
+
+
+def test_the_layer_option_round_trips_in_the_harness():
+    x = _data(2, 7, WIDTH)
+    run_layer_test(
+        CachedMultiHeadAttention, dict(num_heads=2, key_dim=4, attention_chunk_size=3), (x, x),
+        expected_output_shape=(2, 7, WIDTH),
+        reference_fn=lambda layer, q, v: _plain_twin(layer, q, v),
+    )
+
+
+def _plain_twin(layer, query, value):
+    config = {key: item for key, item in layer.get_config().items() if key not in ("attention_chunk_size", "name")}
+    twin = CachedMultiHeadAttention.from_config(config)
+    twin(query, value)
+    twin.set_weights(layer.get_weights())
+    return twin(query, value).numpy()
+
+
+def test_the_option_is_in_the_config_only_when_set_and_the_plain_path_serves_scores():
+    chunky, plain = _twins()
+    assert "attention_chunk_size" not in plain.get_config()
+    assert chunky.get_config()["attention_chunk_size"] == 3
+    assert CachedMultiHeadAttention.from_config(chunky.get_config()).attention_chunk_size == 3
+    x = _data(2, 6, WIDTH)
+    outputs, scores = chunky(x, x, return_attention_scores=True)  # the weights need the plain kernel
+    expected, expected_scores = plain(x, x, return_attention_scores=True)
+    np.testing.assert_allclose(scores.numpy(), expected_scores.numpy(), atol=1e-6)
+    np.testing.assert_allclose(outputs.numpy(), expected.numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("value", [0, -2, 2.5, True, "8"])
+def test_a_bad_chunk_size_is_named(value):
+    with pytest.raises(ValueError, match=r"Received an invalid value for argument `attention_chunk_size`, expected a positive integer or `None`\. Received: attention_chunk_size="):
+        CachedMultiHeadAttention(num_heads=2, key_dim=4, attention_chunk_size=value)
