@@ -30,11 +30,11 @@ written in place: ``update_cache`` assigns the slots ``[step, step + T)`` of
 the variable's buffer (a strided-slice assign, never a scatter, so that reads
 of the variable stay copy-free) and returns the variable itself. A decode step
 called once per token from Python (a ``tf.function`` without an XLA loop) then
-costs what it reads, not a copy of the whole cache. The buffer is reused only
-while nothing else holds a tensor read from it: do not return the cache from
-the step function (a returned read keeps the buffer alive, and the next write
-copies it once, copy-on-write). A variable cache cannot grow (``append_cache``)
-nor serve as a ring.
+costs what it reads, not a copy of the whole cache. The buffer is reused as long
+as no tensor read from it is held across calls (TensorFlow copies a buffer
+that a live tensor still shares before writing into it): let the step
+function return the outputs only. A variable cache cannot grow
+(``append_cache``) nor serve as a ring.
 
 A write past the end (``step + T > S``) or at a negative step raises a
 ``ValueError`` eagerly and when ``step`` is a Python int, and a
