@@ -22,8 +22,10 @@ recomputes the weights block by block (the FlashAttention backward): with
 
 Shape letters (the project's glossary): ``B`` batch, ``T`` query positions,
 ``S`` key / value positions, ``N`` query heads, ``K`` key / value heads
-(``K`` divides ``N``; ``G = N / K`` query heads share one key / value head),
-``H`` head size, ``W`` sliding window.
+(``K`` divides ``N``; ``N / K`` query heads share one key / value head),
+``H`` head size, ``W`` sliding window. Inside the kernel a block holds
+``query_chunk`` queries (``key_chunk`` keys); for each key / value head its
+queries are laid out as ``rows = N / K * query_chunk`` rows.
 """
 
 from __future__ import annotations
@@ -49,28 +51,28 @@ _PARALLEL = 1
 
 
 def _compute_dtype(dtype: tf.DType) -> tf.DType:
-    """Scores, softmax and accumulators run in float32 (float64 stays float64)."""
+    """key_chunkores, softmax and accumulators run in float32 (float64 stays float64)."""
     return tf.float64 if dtype == tf.float64 else tf.float32
 
 
 def _to_blocks(x: tf.Tensor, size: int, count: Any, groups: Any) -> tf.Tensor:
-    """``(B, L, N, H)`` padded to ``count * size`` positions, as blocks ``(count, B, K, G * size, H)``.
+    """``(B, L, N, H)`` padded to ``count * size`` positions, as blocks ``(count, B, K, N / K * size, H)``.
 
-    Head ``n = k * G + g`` becomes row ``g * size + i`` of the block of its key
-    / value head ``k`` (keys and values have ``G = 1``).
+    Query head ``n = k * N / K + g`` becomes row ``g * size + i`` of the block of
+    its key / value head ``k`` (keys and values: ``groups = 1``).
     """
     batch, length, heads, features = dynamic_dims(x)
     x = tf.pad(x, [[0, 0], [0, count * size - length], [0, 0], [0, 0]])  # (B, count * size, N, H)
-    x = tf.reshape(x, [batch, count, size, heads // groups, groups, features])  # (B, count, size, K, G, H)
-    x = tf.transpose(x, (1, 0, 3, 4, 2, 5))  # (count, B, K, G, size, H)
-    return tf.reshape(x, [count, batch, heads // groups, groups * size, features])  # (count, B, K, G * size, H)
+    x = tf.reshape(x, [batch, count, size, heads // groups, groups, features])  # (B, count, size, K, N / K, H)
+    x = tf.transpose(x, (1, 0, 3, 4, 2, 5))  # (count, B, K, N / K, size, H)
+    return tf.reshape(x, [count, batch, heads // groups, groups * size, features])  # (count, B, K, N / K * size, H)
 
 
 def _from_blocks(x: tf.Tensor, size: int, length: Any, groups: Any) -> tf.Tensor:
-    """The inverse of ``_to_blocks``: ``(count, B, K, G * size, H)`` to ``(B, L, N, H)``."""
+    """The inverse of ``_to_blocks``: ``(count, B, K, N / K * size, H)`` to ``(B, L, N, H)``."""
     count, batch, kv_heads, _, features = dynamic_dims(x)
-    x = tf.reshape(x, [count, batch, kv_heads, groups, size, features])  # (count, B, K, G, size, H)
-    x = tf.transpose(x, (1, 0, 4, 2, 3, 5))  # (B, count, size, K, G, H)
+    x = tf.reshape(x, [count, batch, kv_heads, groups, size, features])  # (count, B, K, N / K, size, H)
+    x = tf.transpose(x, (1, 0, 4, 2, 3, 5))  # (B, count, size, K, N / K, H)
     x = tf.reshape(x, [batch, count * size, kv_heads * groups, features])  # (B, count * size, N, H)
     return x[:, :length]  # (B, L, N, H)
 
@@ -150,49 +152,49 @@ class _Plan:
 
         ``rows`` (from ``mask_rows``) or ``cols`` (from ``mask_cols``) carries the user mask, sliced along the other axis here.
         """
-        positions = query_block * self.query_chunk + tf.range(self.query_chunk)  # (Tc,)
-        slots = key_block * self.key_chunk + tf.range(self.key_chunk)  # (Sc,)
-        queries, keys = positions[:, None], slots[None, :]  # (Tc, 1), (1, Sc)
+        positions = query_block * self.query_chunk + tf.range(self.query_chunk)  # (query_chunk,)
+        slots = key_block * self.key_chunk + tf.range(self.key_chunk)  # (key_chunk,)
+        queries, keys = positions[:, None], slots[None, :]  # (query_chunk, 1), (1, key_chunk)
         visible = keys < self.keys  # the padding of the last key block
         if self.causal:
             visible &= keys <= queries
         if self.window is not None:
             visible &= tf.abs(queries - keys) < self.window
-        visible = visible[None]  # (1, Tc, Sc)
+        visible = visible[None]  # (1, query_chunk, key_chunk)
         if rows is not None:
             visible &= tf.gather(rows, tf.minimum(slots, self.mask_last_col), axis=2)
         elif cols is not None:
             visible &= tf.gather(cols, tf.minimum(positions, self.mask_last_row), axis=1)
-        return visible[:, None, None]  # (B or 1, 1, 1, Tc, Sc)
+        return visible[:, None, None]  # (B or 1, 1, 1, query_chunk, key_chunk)
 
     def masked_scores(self, scores: tf.Tensor, visible: tf.Tensor) -> tf.Tensor:
-        """``(B, K, G * Tc, Sc)`` scores with ``-inf`` where hidden."""
+        """``(B, K, rows, key_chunk)`` scores with ``-inf`` where hidden."""
         batch, kv_heads, rows, cols = dynamic_dims(scores)
-        grouped = tf.reshape(scores, [batch, kv_heads, self.groups, self.query_chunk, cols])  # (B, K, G, Tc, Sc)
+        grouped = tf.reshape(scores, [batch, kv_heads, self.groups, self.query_chunk, cols])  # (B, K, N / K, query_chunk, key_chunk)
         grouped = tf.where(visible, grouped, tf.constant(-float("inf"), scores.dtype))
-        return tf.reshape(grouped, [batch, kv_heads, rows, cols])  # (B, K, G * Tc, Sc)
+        return tf.reshape(grouped, [batch, kv_heads, rows, cols])  # (B, K, rows, key_chunk)
 
 
 def _forward(plan: _Plan, query: tf.Tensor, key: tf.Tensor, value: tf.Tensor, scale: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Blocks ``(Tb, B, K, G * Tc, Hv)`` of the output and ``(Tb, B, K, G * Tc)`` of the log-sum-exp, in the compute dtype."""
+    """Blocks ``(query blocks, B, K, rows, Hv)`` of the output and ``(query blocks, B, K, rows)`` of the log-sum-exp, in the compute dtype."""
     dtype = scale.dtype
     batch, kv_heads, rows = plan.batch, plan.kv_heads, plan.groups * plan.query_chunk
 
     def query_step(block: tf.Tensor, outputs: tf.TensorArray, sums: tf.TensorArray) -> tuple[Any, ...]:
-        scaled = tf.cast(tf.gather(query, block), dtype) * scale  # (B, K, G * Tc, H)
+        scaled = tf.cast(tf.gather(query, block), dtype) * scale  # (B, K, rows, H)
         low, high = plan.key_range(block)
         mask_rows = plan.mask_rows(block)
 
         def key_step(index: tf.Tensor, peak: tf.Tensor, total: tf.Tensor, mixed: tf.Tensor) -> tuple[tf.Tensor, ...]:
-            keys = tf.cast(tf.gather(key, index), dtype)  # (B, K, Sc, H)
-            values = tf.cast(tf.gather(value, index), dtype)  # (B, K, Sc, Hv)
-            scores = tf.matmul(scaled, keys, transpose_b=True)  # (B, K, G * Tc, Sc)
+            keys = tf.cast(tf.gather(key, index), dtype)  # (B, K, key_chunk, H)
+            values = tf.cast(tf.gather(value, index), dtype)  # (B, K, key_chunk, Hv)
+            scores = tf.matmul(scaled, keys, transpose_b=True)  # (B, K, rows, key_chunk)
             scores = plan.masked_scores(scores, plan.visible(block, index, mask_rows, None))
-            new_peak = tf.maximum(peak, tf.reduce_max(scores, axis=-1))  # (B, K, G * Tc)
-            weights = tf.exp(scores - new_peak[..., None])  # (B, K, G * Tc, Sc), 0 where hidden
+            new_peak = tf.maximum(peak, tf.reduce_max(scores, axis=-1))  # (B, K, rows)
+            weights = tf.exp(scores - new_peak[..., None])  # (B, K, rows, key_chunk), 0 where hidden
             decay = tf.exp(peak - new_peak)
             total = total * decay + tf.reduce_sum(weights, axis=-1)
-            mixed = mixed * decay[..., None] + tf.matmul(weights, values)  # (B, K, G * Tc, Hv)
+            mixed = mixed * decay[..., None] + tf.matmul(weights, values)  # (B, K, rows, Hv)
             return index + 1, new_peak, total, mixed
 
         start = (
@@ -225,19 +227,19 @@ def _backward(
     (and ``d scale``), then over key blocks for ``dK`` and ``dV``.
     """
     dtype = scale.dtype
-    delta = tf.reduce_sum(upstream * output, axis=-1)  # (Tb, B, K, G * Tc): D = rowsum(dO * O)
+    delta = tf.reduce_sum(upstream * output, axis=-1)  # (query blocks, B, K, rows): D = rowsum(dO * O)
 
     def weights_and_score_grads(block_q, block_k, scaled, keys, values, grads, mask_rows, mask_cols):
-        scores = tf.matmul(scaled, keys, transpose_b=True)  # (B, K, G * Tc, Sc)
+        scores = tf.matmul(scaled, keys, transpose_b=True)  # (B, K, rows, key_chunk)
         scores = plan.masked_scores(scores, plan.visible(block_q, block_k, mask_rows, mask_cols))
         weights = tf.exp(scores - tf.gather(lse, block_q)[..., None])  # P, 0 where hidden
         weight_grads = tf.matmul(grads, values, transpose_b=True)  # dP = dO V^T
         return weights, weights * (weight_grads - tf.gather(delta, block_q)[..., None])  # P, dS
 
     def query_step(block, query_grads, scale_grad):
-        raw = tf.cast(tf.gather(query, block), dtype)  # (B, K, G * Tc, H)
+        raw = tf.cast(tf.gather(query, block), dtype)  # (B, K, rows, H)
         scaled = raw * scale
-        grads = tf.gather(upstream, block)  # (B, K, G * Tc, Hv)
+        grads = tf.gather(upstream, block)  # (B, K, rows, Hv)
         low, high = plan.key_range(block)
         mask_rows = plan.mask_rows(block)
 
@@ -253,8 +255,8 @@ def _backward(
         return block + 1, query_grads.write(block, total * scale), scale_grad
 
     def key_step_outer(block, key_grads, value_grads):
-        keys = tf.cast(tf.gather(key, block), dtype)  # (B, K, Sc, H)
-        values = tf.cast(tf.gather(value, block), dtype)  # (B, K, Sc, Hv)
+        keys = tf.cast(tf.gather(key, block), dtype)  # (B, K, key_chunk, H)
+        values = tf.cast(tf.gather(value, block), dtype)  # (B, K, key_chunk, Hv)
         low, high = plan.query_range(block)
         mask_cols = plan.mask_cols(block)
 
@@ -262,7 +264,7 @@ def _backward(
             scaled = tf.cast(tf.gather(query, index), dtype) * scale
             grads = tf.gather(upstream, index)
             weights, score_grads = weights_and_score_grads(index, block, scaled, keys, values, grads, None, mask_cols)
-            value_total += tf.matmul(weights, grads, transpose_a=True)  # P^T dO, summed over the G heads of the group
+            value_total += tf.matmul(weights, grads, transpose_a=True)  # P^T dO, summed over the N / K query heads of the key head
             key_total += tf.matmul(score_grads, scaled, transpose_a=True)  # dS^T (scale * Q)
             return index + 1, key_total, value_total
 
@@ -337,7 +339,7 @@ def chunked_attention(
     giving zeros. It never builds the ``(B, N, T, S)`` scores: the extra memory
     is a few ``(B, N, query_chunk_size, key_chunk_size)`` blocks. Key blocks
     hidden by the causal mask or the window are skipped (causal attention costs
-    about half of full attention). Scores, softmax and accumulators run in
+    about half of full attention). key_chunkores, softmax and accumulators run in
     float32 for half-precision inputs (float64 stays float64), one block at a
     time, so no half-precision ``q . k`` can overflow. The gradients with
     respect to ``query``, ``key``, ``value`` (and a tensor ``scale``) are exact
@@ -398,9 +400,9 @@ def chunked_attention(
 
     @tf.custom_gradient
     def run(query: tf.Tensor, key: tf.Tensor, value: tf.Tensor, scale: tf.Tensor) -> tuple[tf.Tensor, Any]:
-        query_blocks = _to_blocks(query, plan.query_chunk, plan.query_blocks, groups)  # (Tb, B, K, G * Tc, H)
-        key_blocks = _to_blocks(key, plan.key_chunk, plan.key_blocks, 1)  # (Sb, B, K, Sc, H)
-        value_blocks = _to_blocks(value, plan.key_chunk, plan.key_blocks, 1)  # (Sb, B, K, Sc, Hv)
+        query_blocks = _to_blocks(query, plan.query_chunk, plan.query_blocks, groups)  # (query blocks, B, K, rows, H)
+        key_blocks = _to_blocks(key, plan.key_chunk, plan.key_blocks, 1)  # (key blocks, B, K, key_chunk, H)
+        value_blocks = _to_blocks(value, plan.key_chunk, plan.key_blocks, 1)  # (key blocks, B, K, key_chunk, Hv)
         output_blocks, lse = _forward(plan, query_blocks, key_blocks, value_blocks, scale)
         output = tf.cast(_from_blocks(output_blocks, plan.query_chunk, queries, groups), query.dtype)  # (B, T, N, Hv)
 

@@ -453,3 +453,10 @@ def test_the_option_is_in_the_config_only_when_set_and_the_plain_path_serves_sco
 def test_a_bad_chunk_size_is_named(value):
     with pytest.raises(ValueError, match=r"Received an invalid value for argument `attention_chunk_size`, expected a positive integer or `None`\. Received: attention_chunk_size="):
         CachedMultiHeadAttention(num_heads=2, key_dim=4, attention_chunk_size=value)
+
+
+def test_the_docstring_example_runs():
+    import doctest
+
+    result = doctest.testmod(chunked, extraglobs={"tf": tf}, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 3 and result.failed == 0
