@@ -102,6 +102,19 @@ class _Plan:
             mask_dims = dynamic_dims(mask)
             self.mask_last_row, self.mask_last_col = mask_dims[1] - 1, mask_dims[2] - 1
 
+    def block_shape(self, *dims: Any) -> tf.TensorShape:
+        """A block's static shape: the Python ints among ``dims``, ``None`` for the rest (an empty stack keeps its rank)."""
+        return tf.TensorShape([dim if isinstance(dim, int) else None for dim in dims])
+
+    def stack(self, blocks: tf.TensorArray, count: Any, *dims: Any) -> tf.Tensor:
+        """``blocks.stack()``, also for zero blocks (an empty sequence), whose stack needs a static element shape."""
+        if isinstance(count, int) and count > 0:
+            return blocks.stack()
+        empty = lambda: tf.zeros(tf.stack([0, *dims]), blocks.dtype)  # noqa: E731
+        if isinstance(count, int):
+            return empty()
+        return tf.cond(count > 0, blocks.stack, empty)
+
     def key_range(self, block: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """The key blocks ``[low, high)`` that may be visible from query block ``block``."""
         first = block * self.query_chunk
@@ -209,12 +222,12 @@ def _forward(plan: _Plan, query: tf.Tensor, key: tf.Tensor, value: tf.Tensor, sc
         lse = tf.where(total > 0, peak + tf.math.log(tf.maximum(total, tf.constant(1e-30, dtype))), tf.zeros((), dtype))
         return block + 1, outputs.write(block, output), sums.write(block, lse)
 
-    outputs = tf.TensorArray(dtype, size=plan.query_blocks, element_shape=tf.TensorShape([None, None, None, None]))
-    sums = tf.TensorArray(dtype, size=plan.query_blocks, element_shape=tf.TensorShape([None, None, None]))
+    outputs = tf.TensorArray(dtype, size=plan.query_blocks, element_shape=plan.block_shape(batch, kv_heads, rows, plan.value_dim))
+    sums = tf.TensorArray(dtype, size=plan.query_blocks, element_shape=plan.block_shape(batch, kv_heads, rows))
     _, outputs, sums = tf.while_loop(
         lambda block, *_: block < plan.query_blocks, query_step, (tf.constant(0), outputs, sums), parallel_iterations=_PARALLEL
     )
-    return outputs.stack(), sums.stack()
+    return plan.stack(outputs, plan.query_blocks, batch, kv_heads, rows, plan.value_dim), plan.stack(sums, plan.query_blocks, batch, kv_heads, rows)
 
 
 def _backward(
@@ -272,19 +285,24 @@ def _backward(
         _, key_total, value_total = tf.while_loop(lambda index, *_: index < high, query_step_inner, start, parallel_iterations=_PARALLEL)
         return block + 1, key_grads.write(block, key_total), value_grads.write(block, value_total)
 
-    shape4 = tf.TensorShape([None, None, None, None])
-    query_grads = tf.TensorArray(dtype, size=plan.query_blocks, element_shape=shape4)
+    rows = plan.groups * plan.query_chunk
+    query_grads = tf.TensorArray(dtype, size=plan.query_blocks, element_shape=plan.block_shape(plan.batch, plan.kv_heads, rows, plan.head_dim))
     _, query_grads, scale_grad = tf.while_loop(
         lambda block, *_: block < plan.query_blocks, query_step,
         (tf.constant(0), query_grads, tf.zeros((), dtype)), parallel_iterations=_PARALLEL,
     )
-    key_grads = tf.TensorArray(dtype, size=plan.key_blocks, element_shape=shape4)
-    value_grads = tf.TensorArray(dtype, size=plan.key_blocks, element_shape=shape4)
+    key_grads = tf.TensorArray(dtype, size=plan.key_blocks, element_shape=plan.block_shape(plan.batch, plan.kv_heads, plan.key_chunk, plan.head_dim))
+    value_grads = tf.TensorArray(dtype, size=plan.key_blocks, element_shape=plan.block_shape(plan.batch, plan.kv_heads, plan.key_chunk, plan.value_dim))
     _, key_grads, value_grads = tf.while_loop(
         lambda block, *_: block < plan.key_blocks, key_step_outer, (tf.constant(0), key_grads, value_grads),
         parallel_iterations=_PARALLEL,
     )
-    return query_grads.stack(), key_grads.stack(), value_grads.stack(), (scale_grad if with_scale else None)
+    return (
+        plan.stack(query_grads, plan.query_blocks, plan.batch, plan.kv_heads, rows, plan.head_dim),
+        plan.stack(key_grads, plan.key_blocks, plan.batch, plan.kv_heads, plan.key_chunk, plan.head_dim),
+        plan.stack(value_grads, plan.key_blocks, plan.batch, plan.kv_heads, plan.key_chunk, plan.value_dim),
+        scale_grad if with_scale else None,
+    )
 
 
 def _check_bool(value: Any, name: str) -> bool:

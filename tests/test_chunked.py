@@ -238,6 +238,25 @@ def test_a_query_that_sees_no_key_gives_zeros_and_zero_gradients():
     np.testing.assert_allclose(output.numpy(), plain.numpy(), atol=1e-6)
 
 
+@pytest.mark.parametrize("queries,keys", [(3, 0), (0, 3)])
+def test_empty_sequences_give_what_plain_attention_gives(queries, keys):
+    q = tf.constant(_rng_normal((1, queries, 2, 4)))
+    k = v = tf.constant(_rng_normal((1, keys, 2, 4)))
+    signature = [tf.TensorSpec([None, None, 2, 4])] * 3
+    expected = attention.attention(q, k, v)
+    eager = chunked.chunked_attention(q, k, v, query_chunk_size=2, key_chunk_size=2)
+    graph = tf.function(lambda a, b, c: chunked.chunked_attention(a, b, c, query_chunk_size=2, key_chunk_size=2), input_signature=signature)
+    for output in (eager, graph(q, k, v)):
+        assert output.shape == expected.shape
+        np.testing.assert_array_equal(output.numpy(), expected.numpy())
+    grads = tape_gradients(lambda a, b, c: chunked.chunked_attention(a, b, c, query_chunk_size=2, key_chunk_size=2), q, k, v, np.ones(expected.shape))
+    assert [g.shape for g in grads] == [q.shape, k.shape, v.shape] and not any(np.any(g) for g in grads)
+
+
+def _rng_normal(shape):
+    return np.random.default_rng(6).normal(size=shape).astype("float32")
+
+
 # block skipping and bounded memory --------------------------------------------------------------
 
 
