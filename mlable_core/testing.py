@@ -31,6 +31,7 @@ Example:
     >>> @given(testing.float_arrays(testing.shapes(min_rank=2, max_rank=3)))
     ... def test_identity(x):
     ...     assert (x == x).all()
+    >>> test_identity()
 """
 
 from __future__ import annotations
@@ -446,13 +447,22 @@ def check_cached_decoding(
             prefill of 3 positions then two decoding steps (see the ``chunk_sizes`` strategy).
         cache: the initial cache given to the first ``step_fn`` call.
         atol: the largest absolute difference allowed.
-        rewrite: run the second pass that writes the first chunk twice.
+        rewrite: run the pass that writes the first chunk twice; it assumes a cache
+            of slots (a position written twice holds the last write): switch it off
+            for a running state that accumulates by design (an RNN state, a running sum).
 
     Raises:
         ValueError: the chunk sizes are not positive or do not sum to ``S``.
         AssertionError: the chunked outputs differ from the full pass (the message
             gives the chunking, the first chunk and position that differ, and the
             largest difference), or their shapes differ.
+
+    Example:
+        >>> def step_fn(chunk, cache, step):  # a cache of slots (B, S); outputs: running sums
+        ...     cache = cache.copy()
+        ...     cache[:, step : step + chunk.shape[1]] = chunk
+        ...     return np.cumsum(cache, axis=1)[:, step : step + chunk.shape[1]], cache
+        >>> check_cached_decoding(step_fn, lambda x: np.cumsum(x, axis=1), np.ones((2, 5)), (3, 1, 1), np.zeros((2, 5)))
     """
     array = _to_numpy(inputs)
     if array.ndim < 2:
@@ -545,6 +555,10 @@ def check_relative_positions(
     Raises:
         AssertionError: a property fails; the message gives the positions, the
             largest difference and where it is.
+
+    Example:
+        >>> scores = lambda x, positions: np.cos(positions[:, None] - positions[None, :]) * x.sum()  # (S, S)
+        >>> check_relative_positions(scores, np.ones((1, 3, 2)))
     """
     array = _to_numpy(inputs)
     if array.ndim < 2:

@@ -26,7 +26,10 @@ Example:
     >>> import numpy as np
     >>> from mlable_keras import testing
     >>> from mlable_keras.layers.reshaping import Divide
-    >>> layer = testing.check_layer(Divide, dict(input_axis=2, output_axis=1, factor=2), np.ones((2, 3, 4), "float32"))
+    >>> x = np.arange(24, dtype="float32").reshape(2, 3, 4)
+    >>> layer = testing.check_layer(Divide, dict(input_axis=2, output_axis=1, factor=2), x, fresh_process=False)
+    >>> layer(x).shape
+    TensorShape([2, 6, 2])
 """
 
 from __future__ import annotations
@@ -355,7 +358,8 @@ class LayerModel(keras.Model):
         inputs: the flat list of the layer's positional inputs followed by the tensors of ``tensor_kwargs``.
 
     Output shape:
-        The float outputs of the layer (one tensor, or a list when there are several).
+        The float outputs of the layer (one tensor, or a list when there are several);
+        the first ``call_outputs`` of them when that attribute is set.
     """
 
     def __init__(
@@ -374,6 +378,7 @@ class LayerModel(keras.Model):
         self.tensor_kwargs = list(tensor_kwargs)
         self.dense_units = dense_units
         self.dense = None if dense_units is None else keras.layers.Dense(dense_units, name="pre_dense")
+        self.call_outputs: int | None = None  # how many float outputs call() returns (None: all)
 
     def all_outputs(self, inputs: Sequence[Any], training: bool | None = None) -> list[Any]:
         """Every output of the layer, flattened (``keras.tree.flatten``)."""
@@ -388,7 +393,7 @@ class LayerModel(keras.Model):
         return _flat(self.layer(*_rebuild(self.structure, inputs[:count]), **kwargs))
 
     def call(self, inputs: Sequence[Any], training: bool | None = None) -> Any:
-        outputs = [output for output in self.all_outputs(inputs, training) if _is_float(output.dtype)]
+        outputs = [output for output in self.all_outputs(inputs, training) if _is_float(output.dtype)][: self.call_outputs]
         return outputs[0] if len(outputs) == 1 else outputs
 
     def get_config(self) -> dict[str, Any]:
@@ -771,13 +776,14 @@ def _check_fit(case: _Case, main: keras.layers.Layer, eager: list[np.ndarray], f
         dense_units = int(first.shape[-1])  # a Dense in front gives the model weights, which train through the layer
     model = LayerModel(case.new_layer(), case.static_kwargs, list(case.tensor_kwargs), dense_units, case.structure)
     tensors = case.tensors()
-    model(tensors, training=False)  # builds, so that the weights exist before the first gradient
+    outputs = _flat(model(tensors, training=False))  # builds, so that the weights exist before the first gradient
     weights = list(model.layer.trainable_weights) + ([] if model.dense is None else list(model.dense.trainable_weights))
     owners = ["the Dense in front of the (weightless) layer" if model.dense is not None and any(weight is w for w in model.dense.weights) else "the layer" for weight in weights]
     rng = np.random.default_rng(0)
-    targets = [rng.normal(size=tuple(output.shape)).astype("float32") for output in _flat(model(tensors, training=False))]
+    targets = [rng.normal(size=tuple(output.shape)).astype("float32") for output in outputs]
 
     def gradients() -> list[Any]:
+        # a loss on every float output, so that a weight feeding any of them counts
         with tf.GradientTape() as tape:
             predictions = _flat(model(tensors, training=True))
             loss = tf.add_n([tf.reduce_mean(tf.square(tf.cast(p, "float32") - t)) for p, t in zip(predictions, targets)])
@@ -790,27 +796,31 @@ def _check_fit(case: _Case, main: keras.layers.Layer, eager: list[np.ndarray], f
                 f"the trainable weight {weight.path} {tuple(weight.shape)} of {owner} gets no gradient from the outputs "
                 f"(tf.stop_gradient, an integer cast, a non-differentiable op, or call() does not use it)"
             )
-    before = [_to_numpy(weight) for weight in weights]
-    # train_on_batch runs the train step that fit compiles, without fit's data pipeline and callbacks (half the time)
-    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.01), loss=["mse"] * len(targets) if len(targets) > 1 else "mse", jit_compile=True)
-    value = float(np.asarray(model.train_on_batch(tensors, targets if len(targets) > 1 else targets[0])).reshape(-1)[0])
-    if not np.isfinite(value):
-        raise fail(f"the compiled (XLA) training step gave the loss {value}")
-    after = [_to_numpy(weight) for weight in weights]
-    if all(np.array_equal(b, a) for b, a in zip(before, after)):
-        raise fail(f"no trainable weight of the {len(weights)} moved in the compiled (XLA) training step (loss {value:.4g})")
     # a zero gradient at the start can be legitimate (a zero-initialised LoRA factor); one that stays zero after
-    # a step, when every other weight has moved, cannot learn
+    # a plain gradient step on every weight cannot learn
     stuck = [index for index, gradient in enumerate(first_gradients) if not np.any(_to_numpy(gradient))]
     if stuck:
+        for weight, gradient in zip(weights, first_gradients):
+            weight.assign(weight - 0.01 * tf.convert_to_tensor(gradient))
         later = gradients()
         for index in stuck:
             if not np.any(_to_numpy(later[index])):
                 weight = weights[index]
                 raise fail(
                     f"the trainable weight {weight.path} {tuple(weight.shape)} of {owners[index]} gets an all-zero gradient before "
-                    f"and after a training step, so it never learns (multiplied by zero, a dead ReLU, a softmax over one position?)"
+                    f"and after a gradient step, so it never learns (multiplied by zero, a dead ReLU, a softmax over one position?)"
                 )
+    # the compiled step: train_on_batch runs the step that fit compiles, without fit's data pipeline and callbacks
+    # (half the time), on the first float output (XLA compiles a smaller graph; every output had its gradients above)
+    model.call_outputs = 1
+    before = [_to_numpy(weight) for weight in weights]
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.01), loss="mse", jit_compile=True)
+    value = float(np.asarray(model.train_on_batch(tensors, targets[0])).reshape(-1)[0])
+    if not np.isfinite(value):
+        raise fail(f"the compiled (XLA) training step gave the loss {value}")
+    after = [_to_numpy(weight) for weight in weights]
+    if all(np.array_equal(b, a) for b, a in zip(before, after)):
+        raise fail(f"no trainable weight of the {len(weights)} moved in the compiled (XLA) training step (loss {value:.4g})")
 
 
 # mixed precision ---------------------------------------------------------------------------------
@@ -1038,10 +1048,10 @@ def check_layer(
       on the unknown dims) give the eager outputs within ``atol + rtol * scale``
       (``scale = max(1, max |output|)``);
     - ``fit``: every trainable weight of the layer gets a gradient of a mean
-      squared error on all its float outputs, one training step compiled with XLA
-      (``train_on_batch``, the step ``fit`` runs) gives a finite loss and moves
-      the weights, and no weight's gradient is all-zero both before and after
-      that step. A layer with weights none of which is trainable fails; a
+      squared error on all its float outputs, and none an all-zero gradient both
+      before and after a gradient step; one training step compiled with XLA
+      (``train_on_batch``, the step ``fit`` runs, on the first float output)
+      gives a finite loss and moves the weights. A layer with weights none of which is trainable fails; a
       weightless layer on float inputs trains a ``Dense`` in front of it (which
       needs a gradient through the layer); a layer with no float output, or
       weightless on integer inputs, skips this part;
@@ -1227,6 +1237,10 @@ def check_metric(
 
     Raises:
         AssertionError: ``"check_metric[<part>] <MetricName>: ...; y_true ..., y_pred ..."`` with the numbers.
+
+    Example:
+        >>> reference = lambda y_true, y_pred, weights: 1.0  # |0 - 1| everywhere
+        >>> check_metric(keras.metrics.MeanAbsoluteError, np.zeros((4, 3)), np.ones((4, 3)), reference)
     """
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     given = None if sample_weight is None else np.asarray(sample_weight)

@@ -535,7 +535,7 @@ BROKEN_LAYERS = [
     pytest.param(BranchesOnValue, dict(), X, only("compiled"), r"check_layer\[compiled\] BranchesOnValue: tf.function raised .*call\(\) reads tensor values in Python", id="python-branch-on-tensor"),
     pytest.param(HostCallback, dict(), X, only("compiled"), r"check_layer\[compiled\] HostCallback: tf.function\(jit_compile=True\) \(XLA\) raised ", id="not-xla-compatible"),
     pytest.param(FrozenKernel, dict(), X, only("fit"), r"check_layer\[fit\] FrozenKernel: the trainable weight .*kernel \(4, 3\) of the layer gets no gradient from the outputs \(tf.stop_gradient", id="stop-gradient"),
-    pytest.param(ZeroedKernel, dict(), X, only("fit"), r"check_layer\[fit\] ZeroedKernel: the trainable weight .*kernel \(4, 3\) of the layer gets an all-zero gradient before and after a training step", id="zero-gradient"),
+    pytest.param(ZeroedKernel, dict(), X, only("fit"), r"check_layer\[fit\] ZeroedKernel: the trainable weight .*kernel \(4, 3\) of the layer gets an all-zero gradient before and after a gradient step", id="zero-gradient"),
     pytest.param(NonTrainable, dict(), X, only("fit"), r"check_layer\[fit\] NonTrainable: none of the layer's 2 weights .* is trainable, so fit cannot change it", id="non-trainable-by-mistake"),
     pytest.param(Float32Output, dict(), X, only("mixed_precision"), r"check_layer\[mixed_precision\] Float32Output: mixed_float16 \(global policy\): output 0 has the dtype float32, not the compute dtype float16 \(the layer ignores its dtype policy\)", id="ignores-dtype-policy"),
     pytest.param(HalfVariables, dict(), X, only("mixed_precision"), r"check_layer\[mixed_precision\] HalfVariables: mixed_float16 \(global policy\): the variable .*kernel is float16, not float32", id="half-precision-variables"),
@@ -578,9 +578,24 @@ def test_check_layer_queues_the_fresh_process_reload():
     assert [case["name"] for case in RELOADS.cases[-2:]] == ["RuntimeScale-LayerModel", "RuntimeScale-functional"]
 
 
-def test_check_layer_rejects_symbolic_shapes_that_do_not_match_the_inputs():
-    with pytest.raises(ValueError, match=r"`symbolic_shapes` must match the inputs. Received: symbolic shape \(None, 5, 4\) for an input of shape \(2, 3, 4\)"):
-        testing.check_layer(Scale, dict(), X, symbolic_shapes=[(None, 5, 4)])
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda: testing.check_layer(Scale, dict(), X, symbolic_shapes=[(None, 5, 4)]), ValueError, r"`symbolic_shapes` must match the inputs. Received: symbolic shape \(None, 5, 4\) for an input of shape \(2, 3, 4\)"),
+        (lambda: testing.check_layer(Scale, dict(), X, symbolic_shapes=[(None, 4)]), ValueError, r"`symbolic_shapes` must match the inputs. Received: symbolic shape \(None, 4\) for an input of shape \(2, 3, 4\)"),
+        (lambda: testing.check_layer(GatedSum, dict(), (X, X), symbolic_shapes=[(None, 3, 4)]), ValueError, r"`symbolic_shapes` must hold one shape per input. Received: 1 shapes for inputs float32 \(2, 3, 4\), float32 \(2, 3, 4\)"),
+        (lambda: testing.check_layer(keras.metrics.Mean, dict(), X), TypeError, r"`layer_cls` must be a keras.layers.Layer subclass. Received: layer_cls=<class 'keras"),
+        (lambda: testing.check_layer(Scale(), dict(), X), TypeError, r"`layer_cls` must be a keras.layers.Layer subclass. Received: layer_cls=<Scale"),
+        (lambda: testing.check_layer(Scale, dict(), ()), ValueError, r"`inputs` must hold at least one array. Received: inputs=\(\)"),
+        (lambda: testing.check_metric(keras.metrics.Mean, np.zeros((3, 2)), np.zeros((4, 2)), lambda *_: 0.0), ValueError, r"`y_true` and `y_pred` must share axis 0 \(the batch\). Received: shapes \(3, 2\) and \(4, 2\)"),
+        (lambda: core_testing.check_relative_positions(lambda x, p: x, np.zeros(3)), ValueError, r"`inputs` must have rank >= 2, shape \(B, S, ...\). Received: inputs with shape \(3,\)"),
+        (lambda: core_testing.chunk_sizes(0), ValueError, r"`length` must be >= 1. Received: length=0"),
+        (lambda: core_testing.chunk_sizes(3, min_chunks=1.5), TypeError, r"`min_chunks` must be an int. Received: min_chunks=1.5"),
+    ],
+)
+def test_checkers_reject_bad_arguments(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
 
 
 def test_check_config_on_a_metric():
@@ -874,6 +889,14 @@ def test_check_metric_catches_each_planted_bug(factory, reference, message):
 def test_check_metric_with_a_weighted_reference_catches_ignored_weights():
     with pytest.raises(AssertionError, match=r"check_metric\[reference\] IgnoresWeights: the result [0-9.]+ differs from the reference [0-9.]+ .*sample_weight float32 \(7,\)"):
         testing.check_metric(IgnoresWeights, METRIC_DATA[0], METRIC_DATA[1], _mean_absolute_error, WEIGHTS, atol=1e-5)
+
+
+@pytest.mark.parametrize("module", [core_testing, testing])
+def test_docstring_examples_run(module):
+    import doctest
+
+    result = doctest.testmod(module, extraglobs={"np": np}, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
 
 
 # strategies -------------------------------------------------------------------------------------
