@@ -76,7 +76,8 @@ _HINTS = (
     (r"numpy\(\)|has no attribute 'numpy'|OperatorNotAllowedInGraphError|not allowed in Graph execution|symbolic tf\.Tensor as a Python bool",
      "call() reads tensor values in Python (.numpy(), float(x), `if x > 0:`), which only works eagerly: use tf.cond / keras.ops.where"),
     (r"Could not locate function", "get_config() holds a function Keras cannot find by name: store its name (keras.activations.serialize) or register it"),
-    (r"Could not locate class|could not be deserialized", "the class is not registered: decorate it with @keras.saving.register_keras_serializable(package=...)"),
+    (r"Could not locate class", "the class is not registered: decorate it with @keras.saving.register_keras_serializable(package=...)"),
+    (r"could not be deserialized", "a value of get_config() does not come back as from_config expects, or a class is not registered"),
     (r"expected to be a (half|bfloat16) tensor but is a float tensor|expected to be a float tensor but is a (half|bfloat16) tensor",
      "a float32 constant or weight meets the compute dtype: cast it with keras.ops.cast(..., self.compute_dtype)"),
     (r"unsupported operand type\(s\) for .*NoneType|NoneType", "a shape computation does not handle unknown (None) dims: read run-time sizes with tf.shape / keras.ops.shape"),
@@ -638,12 +639,21 @@ def _json_part(obj: Any, kind: str, context: Callable[[], str]) -> None:
         try:
             restored = keras.saving.deserialize_keras_object(json_module.loads(text))
         except Exception as error:
-            raise fail(f"deserialize_keras_object of the JSON config raised {type(error).__name__}: {_first_line(error)}{_hint(error)}") from error
+            raise fail(f"deserialize_keras_object of the JSON config raised {_error_summary(error)}{_objects_note(config)}") from error
         if type(restored) is not cls:
             raise fail(f"the JSON round trip gave a {type(restored).__name__}, not a {name}")
         changed = _changed_keys(config, restored.get_config())
         if changed:
             raise fail(f"the JSON round trip changed the config at the keys {changed}")
+
+
+def _json_native(value: Any) -> bool:
+    """Whether ``value`` is JSON data as is (no object that Keras has to serialize)."""
+    if isinstance(value, Mapping):
+        return all(isinstance(key, str) and _json_native(item) for key, item in value.items())
+    if isinstance(value, (tuple, list)):
+        return all(_json_native(item) for item in value)
+    return isinstance(value, _PLAIN)
 
 
 def _json_ok(value: Any) -> bool:
@@ -654,19 +664,38 @@ def _json_ok(value: Any) -> bool:
     return True
 
 
-def _check_clone_outputs(case: _Case, layer: keras.layers.Layer, eager: list[np.ndarray], atol: float, rtol: float, fail: Callable[[str], AssertionError]) -> None:
-    """The layer rebuilt by ``from_config(get_config())``, given the same weights, gives the same outputs."""
-    clone = case.layer_cls.from_config(layer.get_config())
-    case.call(clone)  # builds
+def _objects_note(config: Mapping[str, Any]) -> str:
+    """What to say about config values that are objects rather than JSON data."""
+    raw = sorted(key for key, value in config.items() if not _json_native(value))
+    if not raw:
+        return ""
+    kinds = ", ".join(type(config[key]).__name__ for key in raw)
+    return (
+        f"; get_config() holds objects at the keys {raw} ({kinds}): store plain data (numbers, strings, lists) "
+        f"or keras.saving.serialize_keras_object(...), and rebuild the objects in __init__ / from_config"
+    )
+
+
+def _check_clone_outputs(
+    case: _Case, layer: keras.layers.Layer, clone: keras.layers.Layer, label: str, eager: list[np.ndarray], atol: float, rtol: float, fail: Callable[[str], AssertionError]
+) -> None:
+    """A rebuilt layer (``from_config``, the JSON round trip), given the same weights, gives the same outputs."""
+    try:
+        case.call(clone)  # builds
+    except Exception as error:
+        raise fail(
+            f"calling the layer rebuilt by {label} raised {_error_summary(error)}: a config value does not come back as the "
+            f"constructor expects{_objects_note(layer.get_config())}"
+        ) from error
     mine, theirs = layer.get_weights(), clone.get_weights()
     if [w.shape for w in mine] != [w.shape for w in theirs]:
         raise fail(
-            f"the layer rebuilt by from_config(get_config()) has weights of shapes {[w.shape for w in theirs]}, "
+            f"the layer rebuilt by {label} has weights of shapes {[w.shape for w in theirs]}, "
             f"the original {[w.shape for w in mine]}: get_config() misses or mis-stores an argument that shapes the weights"
         )
     clone.set_weights(mine)
     outputs = [_to_numpy(output) for output in _flat(case.call(clone))]
-    problem = _compare_outputs(outputs, eager, atol, rtol, "the layer rebuilt by from_config(get_config()) with the same weights")
+    problem = _compare_outputs(outputs, eager, atol, rtol, f"the layer rebuilt by {label} with the same weights")
     if problem:
         raise fail(problem + ": get_config() misses or mis-stores an argument")
 
@@ -754,7 +783,10 @@ def _check_compiled(case: _Case, functions: tuple[Any, Any], eager: list[np.ndar
             raise fail(f"{label} raised {type(error).__name__}: {_first_line(error)}{_hint(error)}") from error
         problem = _compare_outputs(outputs, eager, atol, rtol, f"{label} against the eager call")
         if problem:
-            raise fail(problem + " (a Python side effect in call(), randomness at inference, or an op that behaves differently when traced)")
+            raise fail(
+            problem + " (call() reads a static size that is None when traced, e.g. x.shape[1], or has a Python side effect, "
+            "or an op behaves differently when traced)"
+        )
 
 
 # one compiled training step ----------------------------------------------------------------------
@@ -1030,23 +1062,24 @@ def check_layer(
     """Runs the standard checks of a Keras layer on one configuration; each part can be switched off.
 
     The layer is first called eagerly on ``inputs`` (with ``training=False``
-    unless ``call_kwargs`` says otherwise): every output must be a tensor, and
-    the optional expectations (output shapes, weight counts, ``reference_fn``)
-    are checked (part ``call``). Then, in order:
+    unless ``call_kwargs`` says otherwise), twice: every output must be a tensor,
+    the two calls must agree, and the optional expectations (output shapes,
+    weight counts, ``reference_fn``) are checked (part ``call``). Then, in order:
 
     - ``config``: ``check_config`` (every constructor argument in ``get_config()``,
       ``from_config(get_config())`` equal, plain attributes equal), and the layer
       rebuilt by ``from_config(get_config())`` with the same weights gives the
       same outputs;
-    - ``json``: the class is registered and the JSON round trip keeps class and config;
+    - ``json``: the class is registered, the JSON round trip keeps class and
+      config, and the layer it rebuilds gives the same outputs with the same weights;
     - ``symbolic``: calls on ``keras.Input`` (Keras uses ``compute_output_shape`` /
       ``compute_output_spec`` there) with the input shapes and with unknown dims
       (``symbolic_shapes``; by default every axis but the last is ``None``), and
       ``call`` traced in ``tf.function`` on the unknown dims, give the number,
       ranks, dims (a known dim must be the real one) and dtypes of the eager outputs;
-    - ``compiled``: ``tf.function`` and ``tf.function(jit_compile=True)`` (traced
-      on the unknown dims) give the eager outputs within ``atol + rtol * scale``
-      (``scale = max(1, max |output|)``);
+    - ``compiled``: ``tf.function`` and ``tf.function(jit_compile=True)``, traced
+      on the unknown dims of ``symbolic_shapes`` as ``fit`` traces its step, give
+      the eager outputs within ``atol + rtol * scale`` (``scale = max(1, max |output|)``);
     - ``fit``: every trainable weight of the layer gets a gradient of a mean
       squared error on all its float outputs, and none an all-zero gradient both
       before and after a gradient step; one training step compiled with XLA
@@ -1088,7 +1121,8 @@ def check_layer(
             it imports TensorFlow); a ``ReloadQueue`` collects the models for one
             later ``queue.check()``; ``False`` reloads in this process only.
         symbolic_shapes: the shapes, with ``None`` for unknown dims, of the
-            symbolic inputs, one per input array (the arrays of a list one by one),
+            symbolic and compiled parts' inputs (concrete sizes where the layer
+            needs them), one per input array (the arrays of a list one by one),
             optionally followed by one per array keyword argument.
         expected_output_shape: the shape of the output, or a structure of shapes
             like the outputs (``None`` for an output not checked).
@@ -1113,7 +1147,7 @@ def check_layer(
         ValueError: ``symbolic_shapes`` do not match the inputs.
     """
     case = _Case(layer_cls, init_kwargs, inputs, call_kwargs)
-    signature = _symbolic_shapes(case, symbolic_shapes) if symbolic else [tuple(array.shape) for array in case.arrays]
+    signature = _symbolic_shapes(case, symbolic_shapes)
     tolerances = dict(MIXED_PRECISION_TOLERANCES if mixed_precision_tolerances is None else mixed_precision_tolerances)
     name = case.name
     context = case.describe
@@ -1126,6 +1160,12 @@ def check_layer(
             raise fail(f"the outputs {bad} are not tensors ({[type(outputs[i]).__name__ for i in bad]}): Keras functional models reject them")
         actual = _specs(outputs)
         eager = [_to_numpy(output) for output in outputs]
+        problem = _compare_outputs([_to_numpy(output) for output in _flat(case.call(layer))], eager, atol, rtol, "a second eager call on the same inputs")
+        if problem:
+            raise fail(
+                problem + ": call() is not deterministic at inference (training=False): random ops outside training, "
+                "or a Python counter or other state that changes per call"
+            )
         for index, shape in enumerate(_per_output(expected_output_shape, len(eager), "shape")):
             if shape is not None and tuple(eager[index].shape) != tuple(shape):
                 raise fail(f"output {index} has the shape {eager[index].shape}, expected {tuple(shape)}")
@@ -1143,9 +1183,13 @@ def check_layer(
     if config:
         _config_part(layer, case.init_kwargs, "check_layer", context)
         with _part("check_layer", "config", name, context) as fail:
-            _check_clone_outputs(case, layer, eager, atol, rtol, fail)
+            clone = case.layer_cls.from_config(layer.get_config())
+            _check_clone_outputs(case, layer, clone, "from_config(get_config())", eager, atol, rtol, fail)
     if json:
         _json_part(layer, "check_layer", context)
+        with _part("check_layer", "json", name, context) as fail:
+            restored = keras.saving.deserialize_keras_object(json_module.loads(json_module.dumps(keras.saving.serialize_keras_object(layer))))
+            _check_clone_outputs(case, layer, restored, "the JSON round trip", eager, atol, rtol, fail)
     graph_fn = xla_fn = None
     if symbolic or compiled:
         graph_fn, xla_fn = _functions(case, layer, signature)
