@@ -382,7 +382,14 @@ def _describe(array: np.ndarray) -> str:
     return f"array of shape {tuple(array.shape)} and dtype {array.dtype.name}"
 
 
-def _decode(step_fn: Callable[[Any, Any, int], tuple[Any, Any]], array: np.ndarray, sizes: Sequence[int], cache: Any, context: str, repeat_first: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+def _decode(
+    step_fn: Callable[[Any, Any, int], tuple[Any, Any]],
+    array: np.ndarray,
+    sizes: Sequence[int],
+    cache: Any,
+    context: str,
+    repeat_first: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The outputs of decoding ``array`` chunk by chunk, concatenated on axis 1 (and those of the first chunk's second write)."""
     pieces, step, rewritten = [], 0, None
     for index, size in enumerate(sizes):

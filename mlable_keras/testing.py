@@ -75,12 +75,14 @@ _HINTS = (
     (r"cannot add new elements of state|only supports singleton tf\.Variables", "weights are created in call(): create them in build()"),
     (r"numpy\(\)|has no attribute 'numpy'|OperatorNotAllowedInGraphError|not allowed in Graph execution|symbolic tf\.Tensor as a Python bool",
      "call() reads tensor values in Python (.numpy(), float(x), `if x > 0:`), which only works eagerly: use tf.cond / keras.ops.where"),
-    (r"Could not locate function", "get_config() holds a function Keras cannot find by name: store its name (keras.activations.serialize) or register it"),
+    (r"Could not locate function",
+     "get_config() holds a function Keras cannot find by name: store its name (keras.activations.serialize) or register it"),
     (r"Could not locate class", "the class is not registered: decorate it with @keras.saving.register_keras_serializable(package=...)"),
     (r"could not be deserialized", "a value of get_config() does not come back as from_config expects, or a class is not registered"),
     (r"expected to be a (half|bfloat16) tensor but is a float tensor|expected to be a float tensor but is a (half|bfloat16) tensor",
      "a float32 constant or weight meets the compute dtype: cast it with keras.ops.cast(..., self.compute_dtype)"),
-    (r"unsupported operand type\(s\) for .*NoneType|NoneType", "a shape computation does not handle unknown (None) dims: read run-time sizes with tf.shape / keras.ops.shape"),
+    (r"unsupported operand type\(s\) for .*'NoneType'|'NoneType' object cannot be interpreted as an integer|must be .*not 'NoneType'",
+     "a shape computation does not handle unknown (None) dims: read run-time sizes with tf.shape / keras.ops.shape"),
 )
 
 
@@ -226,7 +228,8 @@ def _error_summary(error: BaseException, limit: int = 600) -> str:
     while (current.__cause__ or current.__context__) is not None and len(chain) < 10:
         current = current.__cause__ or current.__context__
         chain.append(current)
-    located = next((match.group(0) for item in chain for match in [re.search(r"Could not locate (class|function) '[^']*'", str(item))] if match), None)
+    matches = (re.search(r"Could not locate (class|function) '[^']*'", str(item)) for item in chain)
+    located = next((match.group(0) for match in matches if match), None)
     if located:
         return f"{type(error).__name__}: {located}{_hint(LookupError(located))}; {_first_line(error, limit // 2)}"
     text = f"{type(error).__name__}: {_first_line(error, limit)}"
@@ -677,7 +680,14 @@ def _objects_note(config: Mapping[str, Any]) -> str:
 
 
 def _check_clone_outputs(
-    case: _Case, layer: keras.layers.Layer, clone: keras.layers.Layer, label: str, eager: list[np.ndarray], atol: float, rtol: float, fail: Callable[[str], AssertionError]
+    case: _Case,
+    layer: keras.layers.Layer,
+    clone: keras.layers.Layer,
+    label: str,
+    eager: list[np.ndarray],
+    atol: float,
+    rtol: float,
+    fail: Callable[[str], AssertionError],
 ) -> None:
     """A rebuilt layer (``from_config``, the JSON round trip), given the same weights, gives the same outputs."""
     try:
@@ -750,7 +760,12 @@ def _functions(case: _Case, layer: keras.layers.Layer, signature: Sequence[tuple
 
 
 def _check_symbolic(
-    case: _Case, layer: keras.layers.Layer, actual: list[tuple[tuple[int, ...], str]], symbolic: list[tuple[int | None, ...]], graph_fn: Any, fail: Callable[[str], AssertionError]
+    case: _Case,
+    layer: keras.layers.Layer,
+    actual: list[tuple[tuple[int, ...], str]],
+    symbolic: list[tuple[int | None, ...]],
+    graph_fn: Any,
+    fail: Callable[[str], AssertionError],
 ) -> None:
     def spec_call(shapes_: Sequence[tuple[int | None, ...]]) -> None:
         symbols = [keras.Input(batch_shape=shape, dtype=_dtype_name(array.dtype)) for shape, array in zip(shapes_, case.arrays)]
@@ -768,13 +783,17 @@ def _check_symbolic(
     try:
         traced = graph_fn.get_concrete_function()
     except Exception as error:
-        raise fail(f"tracing call() in tf.function on inputs of shapes {symbolic} raised {type(error).__name__}: {_first_line(error)}{_hint(error)}") from error
+        raise fail(
+            f"tracing call() in tf.function on inputs of shapes {symbolic} raised {type(error).__name__}: {_first_line(error)}{_hint(error)}"
+        ) from error
     problem = _spec_problem(f"call() traced in tf.function on inputs of shapes {symbolic}", _specs(_flat(traced.structured_outputs)), actual)
     if problem:
         raise fail(problem)
 
 
-def _check_compiled(case: _Case, functions: tuple[Any, Any], eager: list[np.ndarray], atol: float, rtol: float, fail: Callable[[str], AssertionError]) -> None:
+def _check_compiled(
+    case: _Case, functions: tuple[Any, Any], eager: list[np.ndarray], atol: float, rtol: float, fail: Callable[[str], AssertionError]
+) -> None:
     tensors = case.tensors()
     for function, label in zip(functions, ("tf.function", "tf.function(jit_compile=True) (XLA)")):
         try:
@@ -810,7 +829,8 @@ def _check_fit(case: _Case, main: keras.layers.Layer, eager: list[np.ndarray], f
     tensors = case.tensors()
     outputs = _flat(model(tensors, training=False))  # builds, so that the weights exist before the first gradient
     weights = list(model.layer.trainable_weights) + ([] if model.dense is None else list(model.dense.trainable_weights))
-    owners = ["the Dense in front of the (weightless) layer" if model.dense is not None and any(weight is w for w in model.dense.weights) else "the layer" for weight in weights]
+    dense_weights = [] if model.dense is None else list(model.dense.weights)
+    owners = ["the Dense in front of the (weightless) layer" if any(weight is w for w in dense_weights) else "the layer" for weight in weights]
     rng = np.random.default_rng(0)
     targets = [rng.normal(size=tuple(output.shape)).astype("float32") for output in outputs]
 
@@ -892,7 +912,9 @@ def _check_mixed_precision(
             layer.set_weights(reference_weights)
             for variable in layer.weights:
                 if _is_float(variable.dtype) and _dtype_name(variable.dtype) != "float32":
-                    raise fail(f"{how}: the variable {variable.path} is {_dtype_name(variable.dtype)}, not float32 (variables stay float32 under mixed precision)")
+                    raise fail(
+                        f"{how}: the variable {variable.path} is {_dtype_name(variable.dtype)}, not float32 (variables stay float32 under mixed precision)"
+                    )
             outputs = _flat(case.call(layer))
             _compare_mixed(how, layer, outputs, eager, tolerance, fail)
             for probe in _probe_inputs(case) if policy == "mixed_float16" else ():
@@ -901,7 +923,9 @@ def _check_mixed_precision(
             keras.config.set_dtype_policy(previous)
 
 
-def _compare_mixed(how: str, layer: keras.layers.Layer, outputs: list[Any], eager: list[np.ndarray], tolerance: float, fail: Callable[[str], AssertionError]) -> None:
+def _compare_mixed(
+    how: str, layer: keras.layers.Layer, outputs: list[Any], eager: list[np.ndarray], tolerance: float, fail: Callable[[str], AssertionError]
+) -> None:
     if len(outputs) != len(eager):
         raise fail(f"{how}: {len(outputs)} outputs instead of {len(eager)}")
     for index, (tensor, target) in enumerate(zip(outputs, eager)):
@@ -912,21 +936,31 @@ def _compare_mixed(how: str, layer: keras.layers.Layer, outputs: list[Any], eage
                 raise fail(problem)
             continue
         if dtype != layer.compute_dtype:
-            raise fail(f"{how}: output {index} has the dtype {dtype}, not the compute dtype {layer.compute_dtype} (the layer ignores its dtype policy)")
+            raise fail(
+                f"{how}: output {index} has the dtype {dtype}, not the compute dtype {layer.compute_dtype} (the layer ignores its dtype policy)"
+            )
         actual = _to_numpy(tensor)
         broken = ~np.isfinite(actual) & np.isfinite(target)
         if broken.any():
             where = tuple(int(i) for i in np.argwhere(broken)[0])
             raise fail(
                 f"{how}: output {index} has {int(broken.sum())} non-finite values where float32 is finite, e.g. {actual[where]} at "
-                f"{where} instead of {target[where]:.6g}: an intermediate overflows {layer.compute_dtype} (exp, x², q·k, a -1e9 mask); compute it in float32, then cast"
+                f"{where} instead of {target[where]:.6g}: an intermediate overflows {layer.compute_dtype} (exp, x², q·k, a -1e9 mask); "
+                f"compute it in float32, then cast"
             )
         problem = _compare_outputs([actual], [target], 0.0, tolerance, f"{how}: against float32 with the same weights")
         if problem:
             raise fail(problem + " (precision lost: compute trigonometry, scores, softmax and norms in float32, then cast)")
 
 
-def _overflow_probe(how: str, case: _Case, main: keras.layers.Layer, layer: keras.layers.Layer, probe: tuple[list[np.ndarray], float], fail: Callable[[str], AssertionError]) -> None:
+def _overflow_probe(
+    how: str,
+    case: _Case,
+    main: keras.layers.Layer,
+    layer: keras.layers.Layer,
+    probe: tuple[list[np.ndarray], float],
+    fail: Callable[[str], AssertionError],
+) -> None:
     scaled, factor = probe
     reference = [_to_numpy(output) for output in _flat(case.call(main, scaled))]
     outputs = [_to_numpy(output) for output in _flat(case.call(layer, scaled))]
@@ -938,7 +972,8 @@ def _overflow_probe(how: str, case: _Case, main: keras.layers.Layer, layer: kera
             where = tuple(int(i) for i in np.argwhere(broken)[0])
             raise fail(
                 f"{how}: with the float inputs multiplied by {factor:.3g} (max |x| = {OVERFLOW_PROBE_MAGNITUDE:g}) float32 gives finite outputs "
-                f"(max |y| = {np.abs(target).max():.4g}) but output {index} has {int(broken.sum())} non-finite values, e.g. {actual[where]} at {where}: "
+                f"(max |y| = {np.abs(target).max():.4g}) but output {index} has {int(broken.sum())} non-finite values, "
+                f"e.g. {actual[where]} at {where}: "
                 f"an intermediate overflows float16 (exp, x², q·k, a -1e9 mask); compute it in float32, then cast"
             )
 
@@ -960,7 +995,8 @@ def _check_build(case: _Case, main: keras.layers.Layer, fail: Callable[[str], As
     built = sorted((tuple(weight.shape), weight.path.split("/")[-1]) for weight in fresh.weights)
     called = sorted((tuple(weight.shape), weight.path.split("/")[-1]) for weight in main.weights)
     if [shape for shape, _ in built] != [shape for shape, _ in called]:
-        unbuilt = [layer.name for layer in fresh._flatten_layers(include_self=False) if not layer.built] if hasattr(fresh, "_flatten_layers") else []
+        children = [item for value in vars(fresh).values() for item in (value if isinstance(value, (list, tuple)) else [value])]
+        unbuilt = [child.name for child in children if isinstance(child, keras.layers.Layer) and not child.built]
         raise fail(
             f"build() creates {len(built)} weights {[f'{n} {s}' for s, n in built]}, a call creates {len(called)} {[f'{n} {s}' for s, n in called]}"
             + (f"; the sublayers {unbuilt} stay unbuilt" if unbuilt else "")
@@ -1160,7 +1196,8 @@ def check_layer(
             raise fail(f"the outputs {bad} are not tensors ({[type(outputs[i]).__name__ for i in bad]}): Keras functional models reject them")
         actual = _specs(outputs)
         eager = [_to_numpy(output) for output in outputs]
-        problem = _compare_outputs([_to_numpy(output) for output in _flat(case.call(layer))], eager, atol, rtol, "a second eager call on the same inputs")
+        again = [_to_numpy(output) for output in _flat(case.call(layer))]
+        problem = _compare_outputs(again, eager, atol, rtol, "a second eager call on the same inputs")
         if problem:
             raise fail(
                 problem + ": call() is not deterministic at inference (training=False): random ops outside training, "
@@ -1371,7 +1408,10 @@ def check_metric(
                 other.update_state(y_true, y_pred, sample_weight=given)
                 value = _result(other)
                 if differs(value, whole):
-                    raise fail(f"the metric rebuilt by {label} gives {_show(value)} instead of {_show(whole)}: get_config() misses or mis-stores an argument")
+                    raise fail(
+                        f"the metric rebuilt by {label} gives {_show(value)} instead of {_show(whole)}: "
+                        f"get_config() misses or mis-stores an argument"
+                    )
 
 
 __all__ = [
