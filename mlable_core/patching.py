@@ -45,7 +45,8 @@ Criteria (each returns ``Patches(ids, lengths, counts)``):
 - ``monotonic_patches``: when ``H[t] - H[t - 1] > threshold`` (BLT's
   monotonic, or relative, criterion).
 - ``space_patches``: when byte ``t - 1`` is space-like and byte ``t`` is not
-  (SpaceByte's rule): a patch is a word followed by its spaces.
+  (SpaceByte's rule): a patch is a word followed by its spaces. A UTF-8
+  continuation byte never starts a patch, so no character is split.
 - ``stride_patches``: every ``max_patch_length`` bytes (MegaByte's fixed patches;
   without a mask, the same as ``mlable_core.reshaping.divide``).
 - ``patches_from_starts``: any boolean criterion of your own (e.g. learned).
@@ -420,7 +421,9 @@ def space_patches(
     """Patches from a rule (SpaceByte): byte ``t`` starts a patch when byte ``t - 1`` is space-like and byte ``t`` is not.
 
     A run of space-like bytes stays in the patch before it: a patch is a word and
-    the spaces after it. Bytes are looked up in a 256-entry table.
+    the spaces after it. A UTF-8 continuation byte (``0x80`` to ``0xBF``) never
+    starts a patch, so a multi-byte character (whose lead byte is space-like in
+    ``SPACELIKE``) is never split. Bytes are looked up in a 256-entry table.
 
     Args:
         data: ``(B, S)`` integer bytes in ``[0, 255]``.
@@ -445,10 +448,12 @@ def space_patches(
     data = _rank2(data, "data", "one byte per position")
     values, checks = check_bytes(data)
     spaces = set(check_space_bytes(space_bytes))
-    table = tf.constant([value in spaces for value in range(BYTE_VALUES)])
+    # 0: other bytes, 1: space-like, 2: a continuation byte that is not space-like (it starts no patch)
+    table = tf.constant([1 if value in spaces else 2 if 0x80 <= value <= 0xBF else 0 for value in range(BYTE_VALUES)], tf.int32)
     with tf.control_dependencies(checks):
-        spacelike = tf.gather(table, values)  # (B, S)
-    starts = tf.logical_and(_shift_right(spacelike, 1, False), tf.logical_not(spacelike))
+        kinds = tf.gather(table, values)  # (B, S)
+    spacelike = tf.equal(kinds, 1)
+    starts = tf.logical_and(_shift_right(spacelike, 1, False), tf.equal(kinds, 0))
     return patches_from_starts(starts, max_patches, max_patch_length, mask, allow_overflow)
 
 
@@ -561,8 +566,17 @@ def _pool_position(values: tf.Tensor, flat: tf.Tensor, segments: tf.Tensor, mode
     else:
         chosen = tf.math.unsorted_segment_max(positions, flat, segments)
     present = tf.logical_and(chosen >= 0, chosen < tf.size(flat))  # empty: the largest / smallest int32
-    pooled = tf.gather(values, tf.where(present, chosen, 0))
-    return tf.where(present[:, None], pooled, tf.zeros_like(pooled))
+
+    def gather() -> tf.Tensor:
+        pooled = tf.gather(values, tf.where(present, chosen, 0))
+        return tf.where(present[:, None], pooled, tf.zeros_like(pooled))
+
+    def zeros() -> tf.Tensor:  # no byte at all: nothing to gather from
+        return tf.zeros(tf.stack([segments, tf.shape(values)[1]]), values.dtype)
+
+    if flat.shape[0] is not None:
+        return gather() if flat.shape[0] else zeros()
+    return tf.cond(tf.size(flat) > 0, gather, zeros)
 
 
 def pool(x: Any, ids: Any, max_patches: int, mode: str = "mean", validate_ids: bool = True) -> tf.Tensor:
