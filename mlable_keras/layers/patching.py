@@ -184,8 +184,8 @@ class PatchPooling(keras.layers.Layer):
     def call(self, inputs: Any, ids: Any) -> tf.Tensor:
         return patching.pool(inputs, ids, self.max_patches, self.mode)
 
-    def compute_output_shape(self, input_shape: Any, ids_shape: Any = None) -> tuple[int | None, ...]:
-        batch, _, features = _shape(input_shape, "inputs", 3, "(B, S, E)")
+    def compute_output_shape(self, inputs_shape: Any, ids_shape: Any = None) -> tuple[int | None, ...]:
+        batch, _, features = _shape(inputs_shape, "inputs", 3, "(B, S, E)")
         return batch, self.max_patches, features
 
     def compute_mask(self, inputs: Any, mask: Any = None) -> None:
@@ -229,8 +229,8 @@ class PatchUnpooling(keras.layers.Layer):
     def call(self, inputs: Any, ids: Any) -> tf.Tensor:
         return patching.unpool(inputs, ids, self.shift)
 
-    def compute_output_shape(self, input_shape: Any, ids_shape: Any) -> tuple[int | None, ...]:
-        batch, _, features = _shape(input_shape, "inputs", 3, "(B, P, E)")
+    def compute_output_shape(self, inputs_shape: Any, ids_shape: Any) -> tuple[int | None, ...]:
+        batch, _, features = _shape(inputs_shape, "inputs", 3, "(B, P, E)")
         ids_batch, length = _shape(ids_shape, "ids", 2, "(B, S)")
         return batch if batch is not None else ids_batch, length, features
 
