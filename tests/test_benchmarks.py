@@ -80,14 +80,14 @@ def test_benchmark_module_runs(name: str, restore_optional) -> None:
         assert {item.mode for item in rows} >= {"xla loop (marginal)", "graph per call", "xla per call"}
     if name == "bench_generation":
         assert rows[0].extra["tokens_per_second"] > 0
-    if name in ("bench_rotary", "bench_embedding", "bench_attention", "bench_metrics"):
+    if name in ("bench_rotary", "bench_embedding", "bench_attention", "bench_metrics", "bench_patching"):
         assert any(item.bandwidth_share is not None for item in rows), "these rows carry the bytes they move"
     if name == "bench_feedforward":
         assert all(item.flops_share is not None for item in rows), "the feed-forward rows carry their FLOPs"
 
 
 def test_every_module_is_covered() -> None:
-    expected = {"attention", "embedding", "feedforward", "generation", "hilbert", "metrics", "reshaping", "rotary", "sampling"}
+    expected = {"attention", "embedding", "feedforward", "generation", "hilbert", "metrics", "patching", "reshaping", "rotary", "sampling"}
     assert {name.removeprefix("bench_") for name in MODULES} >= expected
 
 
