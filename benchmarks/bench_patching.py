@@ -114,7 +114,7 @@ def _hash_rows(quick: bool, tiny: bool) -> list[timing.Row]:
         layer.build(shape)
     rng = np.random.default_rng(2)
     ids = [tf.constant(rng.integers(0, HASH_BUCKETS if index else 256, size=shape), tf.int32) for index in range(lookups)]
-    label = "x".join(map(str, shape)) + f", E={FEATURES}, K={HASH_BUCKETS}, n=3..8"
+    label = "x".join(map(str, shape)) + f", E={FEATURES}, {HASH_BUCKETS} buckets, n=3..8"
     nbytes = 4 * (data.shape.num_elements() * (1 + lookups * FEATURES) + data.shape.num_elements() * FEATURES)
     for mode, jit in (("graph", False), ("xla", True)):
         ours = tf.function(lambda: _total(ours_layer(data)), jit_compile=jit)

@@ -4,7 +4,7 @@ For each size ``n`` and each position ``t``, the n-gram ``x[t - n + 1 .. t]`` is
 hashed with a polynomial over the byte values plus one::
 
     h_n(t) = sum_{i = 0}^{n - 1} (x[t - i] + 1) * base ** i   mod modulus
-    bucket_n(t) = h_n(t) mod K
+    bucket_n(t) = h_n(t) mod num_buckets
 
 so the same n-gram gets the same bucket at any position and in any row.
 
@@ -21,8 +21,9 @@ below ``2 ** 40``, so the int64 sum of the ``n`` terms cannot wrap (for any
 eagerly, in graphs and under XLA, on any device. The sizes are computed
 together, each adding one term to the previous one.
 
-Shape letters: ``S`` bytes along the last axis (any leading axes), ``N`` the
-n-gram sizes, ``K`` buckets per size.
+Shape letters: ``S`` bytes along the last axis (any leading axes); the number
+of n-gram sizes and of buckets per size are spelled out (``len(ngram_sizes)``,
+``num_buckets``), their glossary letters meaning heads.
 """
 
 from __future__ import annotations
@@ -66,20 +67,20 @@ def ngram_hashes(
     base: int = BASE,
     modulus: int = MODULUS,
 ) -> tf.Tensor:
-    """The bucket of the n-gram ending at each byte, for each size: ``(..., S)`` bytes to ``(..., S, N)`` int32.
+    """The bucket of the n-gram ending at each byte, for each size: ``(..., S)`` bytes to ``(..., S, len(ngram_sizes))`` int32.
 
     Vectorised: one shifted multiply-add per size up to ``max(ngram_sizes)`` on
     the whole tensor (a Python loop over the sizes, never over positions).
 
     Args:
         data: integer bytes in ``[0, 255]``, shape ``(..., S)`` with rank >= 1.
-        num_buckets: ``K``, the buckets per size; the output lies in ``[0, K)``.
+        num_buckets: the buckets per size; the output lies in ``[0, num_buckets)``.
         ngram_sizes: the sizes ``n``, in the order of the last output axis (BLT: 3 to 8).
         base: the polynomial base, an int >= 2.
         modulus: the hash modulus, an int in ``[2, 2 ** 31)``.
 
     Returns:
-        ``(..., S, N)`` int32 buckets.
+        ``(..., S, len(ngram_sizes))`` int32 buckets.
 
     Raises:
         TypeError: ``data`` is not an integer tensor, or an argument has the wrong type.
@@ -101,7 +102,7 @@ def ngram_hashes(
     with tf.control_dependencies(checks):
         symbols = tf.cast(values, tf.int64) + 1  # (..., S), 1 to 256; 0 is "before the start"
     rank = data.shape.rank
-    padded = tf.pad(symbols, [[0, 0]] * (rank - 1) + [[width - 1, 0]])  # (..., n_max - 1 + S)
+    padded = tf.pad(symbols, [[0, 0]] * (rank - 1) + [[width - 1, 0]])  # (..., max(ngram_sizes) - 1 + S)
     length = data.shape[-1] if data.shape[-1] is not None else tf.shape(data)[-1]
     polynomial = tf.zeros_like(symbols)
     buckets = {}
@@ -113,7 +114,7 @@ def ngram_hashes(
         if order + 1 in sizes:
             hashes = tf.math.floormod(polynomial, modulus)
             buckets[order + 1] = tf.cast(tf.math.floormod(hashes, num_buckets), tf.int32)
-    return tf.stack([buckets[size] for size in sizes], axis=-1)  # (..., S, N)
+    return tf.stack([buckets[size] for size in sizes], axis=-1)  # (..., S, len(ngram_sizes))
 
 
 def ngram_ids(
@@ -124,11 +125,11 @@ def ngram_ids(
     modulus: int = MODULUS,
     offset: int = 0,
 ) -> tf.Tensor:
-    """Rows of one shared table: bucket ``k`` of the ``i``-th size is row ``offset + i * K + k``.
+    """Rows of one shared table: bucket ``k`` of the ``i``-th size is row ``offset + i * num_buckets + k``.
 
     Same arguments as ``ngram_hashes``; ``offset`` (an int >= 0) skips the first
-    rows, e.g. the 256 byte embeddings. Returns ``(..., S, N)`` int32 in
-    ``[offset, offset + N * K)``.
+    rows, e.g. the 256 byte embeddings. Returns ``(..., S, len(ngram_sizes))``
+    int32 in ``[offset, offset + len(ngram_sizes) * num_buckets)``.
 
     Example:
         >>> ngram_ids(tf.constant([[1, 2, 3]]), num_buckets=10, ngram_sizes=(1, 2), offset=256).shape

@@ -63,7 +63,8 @@ from typing import Any, NamedTuple
 
 import tensorflow as tf
 
-from mlable_core import accuracy, attention, shapes
+from mlable_core import accuracy, shapes
+from mlable_core.cache import in_xla_context
 
 BYTE_VALUES = 256
 # ASCII whitespace: tab, line feed, vertical tab, form feed, carriage return, space
@@ -135,10 +136,9 @@ def check_mode(mode: object, modes: Sequence[str], name: str = "mode") -> str:
     return mode
 
 
-def _rank2(x: Any, name: str, what: str) -> tf.Tensor:
+def _rank2(x: Any, name: str) -> tf.Tensor:
     x = tf.convert_to_tensor(x)
-    if x.shape.rank != 2:
-        raise ValueError(f"`{name}` must have rank 2, shaped (B, S): {what}. Received: {name} with shape {shapes.format_shape(x.shape)}")
+    shapes.check_rank(x.shape, 2, name, "(B, S)")
     return x
 
 
@@ -169,7 +169,7 @@ def runtime_check(condition: tf.Tensor, message: str, *values: tf.Tensor) -> lis
             details = ", ".join(str(value.numpy().tolist()) for value in values)
             raise ValueError(f"{message} {details}".rstrip())
         return []
-    if attention.in_xla_context():
+    if in_xla_context():
         return []
     return [tf.debugging.Assert(condition, [message, *values])]
 
@@ -265,7 +265,7 @@ def patches_from_starts(
         >>> patches_from_starts(starts, max_patches=4, max_patch_length=3).ids.numpy().tolist()
         [[0, 0, 1, 1, 1, 2]]
     """
-    starts = _rank2(starts, "starts", "True where a byte starts a patch")
+    starts = _rank2(starts, "starts")
     if starts.dtype != tf.bool:
         raise TypeError(f"`starts` must be a boolean tensor. Received: starts with dtype {starts.dtype.name}")
     max_patches = check_max_patches(max_patches)
@@ -313,7 +313,7 @@ def patch_lengths(ids: Any, max_patches: int) -> tf.Tensor:
         >>> patch_lengths(tf.constant([[0, 0, 1, -1]]), max_patches=3).numpy().tolist()
         [[2, 1, 0]]
     """
-    ids = _rank2(ids, "ids", "the patch of each byte")
+    ids = _rank2(ids, "ids")
     max_patches = check_max_patches(max_patches)
     flat, rows = _flat_ids(tf.cast(ids, tf.int32), max_patches)
     ones = tf.ones_like(flat)
@@ -342,7 +342,7 @@ def entropy(logits: Any, axis: int = -1) -> tf.Tensor:
 
 
 def _check_entropies(entropies: Any) -> tf.Tensor:
-    entropies = _rank2(entropies, "entropies", "one entropy per byte")
+    entropies = _rank2(entropies, "entropies")
     if not entropies.dtype.is_floating:
         raise TypeError(f"`entropies` must be a floating tensor. Received: entropies with dtype {entropies.dtype.name}, shape {shapes.format_shape(entropies.shape)}")
     return tf.cast(entropies, tf.float32) if entropies.dtype != tf.float64 else entropies
@@ -445,7 +445,7 @@ def space_patches(
         >>> space_patches(data, max_patches=4, max_patch_length=None).ids.numpy().tolist()
         [[0, 0, 0, 1, 1, 1, 1, 2, 2]]
     """
-    data = _rank2(data, "data", "one byte per position")
+    data = _rank2(data, "data")
     values, checks = check_bytes(data)
     spaces = set(check_space_bytes(space_bytes))
     # 0: other bytes, 1: space-like, 2: a continuation byte that is not space-like (it starts no patch)
@@ -485,7 +485,7 @@ def stride_patches(
         >>> stride_patches(tf.zeros((1, 5)), max_patch_length=2, max_patches=3).ids.numpy().tolist()
         [[0, 0, 1, 1, 2]]
     """
-    data = _rank2(data, "data", "one byte per position")
+    data = _rank2(data, "data")
     if max_patch_length is None:
         raise ValueError("`max_patch_length` is the stride of `stride_patches`: an int >= 1. Received: max_patch_length=None")
     max_patch_length = check_max_patch_length(max_patch_length)
@@ -513,7 +513,7 @@ def _flat_ids(ids: tf.Tensor, max_patches: int) -> tuple[tf.Tensor, tf.Tensor]:
 
 
 def _check_ids(ids: Any, max_patches: int, validate: bool) -> tuple[tf.Tensor, list[tf.Operation]]:
-    ids = _rank2(ids, "ids", "the patch of each byte, -1 for none")
+    ids = _rank2(ids, "ids")
     if not ids.dtype.is_integer:
         raise TypeError(f"`ids` must be an integer tensor. Received: ids with dtype {ids.dtype.name}")
     ids = tf.cast(ids, tf.int32)
@@ -526,8 +526,7 @@ def _check_ids(ids: Any, max_patches: int, validate: bool) -> tuple[tf.Tensor, l
 
 def _check_features(x: Any, ids: tf.Tensor, name: str, letters: str) -> tf.Tensor:
     x = tf.convert_to_tensor(x)
-    if x.shape.rank != 3:
-        raise ValueError(f"`{name}` must have rank 3, shaped {letters}. Received: {name} with shape {shapes.format_shape(x.shape)}")
+    shapes.check_rank(x.shape, 3, name, letters)
     if not x.dtype.is_floating:
         raise TypeError(f"`{name}` must be a floating tensor. Received: {name} with dtype {x.dtype.name}")
     if x.shape[0] is not None and ids.shape[0] is not None and x.shape[0] != ids.shape[0]:
@@ -621,7 +620,7 @@ def pool(x: Any, ids: Any, max_patches: int, mode: str = "mean", validate_ids: b
     else:
         accumulate = tf.float32 if x.dtype in (tf.float16, tf.bfloat16) and mode != "max" else x.dtype
         values = tf.cast(values, accumulate)
-        if attention.in_xla_context():
+        if in_xla_context():
             pooled = _pool_unsorted(values, flat, segments, mode)
         else:
             # the sorted segment ops are faster on CPU; ids from the patchers are sorted unless there is padding
@@ -658,7 +657,7 @@ def unpool(patches: Any, ids: Any, shift: int = 0) -> tf.Tensor:
         [[1.0, 1.0, 2.0, 0.0]]
     """
     shift = shapes.check_int(shift, "shift", minimum=0)
-    ids = _rank2(ids, "ids", "the patch of each byte, -1 for none")
+    ids = _rank2(ids, "ids")
     if not ids.dtype.is_integer:
         raise TypeError(f"`ids` must be an integer tensor. Received: ids with dtype {ids.dtype.name}")
     patches = _check_features(patches, ids, "patches", "(B, P, E)")
@@ -693,7 +692,7 @@ def patch_to_byte_mask(ids: Any, max_patches: int) -> tf.Tensor:
         [[[1, 1, 0], [0, 0, 1]]]
     """
     max_patches = check_max_patches(max_patches)
-    ids = _rank2(ids, "ids", "the patch of each byte")
+    ids = _rank2(ids, "ids")
     return tf.equal(tf.cast(ids, tf.int32)[:, None, :], tf.range(max_patches)[None, :, None])
 
 
@@ -722,7 +721,7 @@ def byte_to_patch_mask(ids: Any, max_patches: int, mode: str = "previous") -> tf
     """
     mode = check_mode(mode, MASK_MODES)
     max_patches = check_max_patches(max_patches)
-    ids = tf.cast(_rank2(ids, "ids", "the patch of each byte"), tf.int32)[:, :, None]  # (B, S, 1)
+    ids = tf.cast(_rank2(ids, "ids"), tf.int32)[:, :, None]  # (B, S, 1)
     patches = tf.range(max_patches)[None, None, :]  # (1, 1, P)
     if mode == "previous":
         return tf.less(patches, ids)

@@ -260,7 +260,7 @@ def test_stride_patches_are_divide():
 
 
 BAD_BOUNDARIES = [
-    (lambda: patching.entropy_patches(tf.zeros((2, 3, 4)), 1.0, 4, 2), ValueError, r"`entropies` must have rank 2, shaped \(B, S\).*shape \(2, 3, 4\)"),
+    (lambda: patching.entropy_patches(tf.zeros((2, 3, 4)), 1.0, 4, 2), ValueError, r"`entropies` must have rank 2, shape \(B, S\).*shape \(2, 3, 4\)"),
     (lambda: patching.entropy_patches(tf.zeros((3,)), 1.0, 4, 2), ValueError, r"`entropies` must have rank 2.*shape \(3,\)"),
     (lambda: patching.monotonic_patches(tf.zeros((2, 3), tf.int32), 1.0, 4, 2), TypeError, r"`entropies` must be a floating tensor.*int32"),
     (lambda: patching.entropy_patches(tf.zeros((2, 3)), float("nan"), 4, 2), ValueError, r"`threshold` must be a finite number. Received: threshold=nan"),
@@ -359,13 +359,13 @@ def test_pool_in_half_precision_and_bad_ids():
 
 
 BAD_POOLING = [
-    (lambda: patching.pool(tf.zeros((2, 3)), tf.zeros((2, 3), tf.int32), 4), ValueError, r"`x` must have rank 3, shaped \(B, S, E\). Received: x with shape \(2, 3\)"),
+    (lambda: patching.pool(tf.zeros((2, 3)), tf.zeros((2, 3), tf.int32), 4), ValueError, r"`x` must have rank 3, shape \(B, S, E\). Received: x with shape \(2, 3\)"),
     (lambda: patching.pool(tf.zeros((2, 3, 1), tf.int32), tf.zeros((2, 3), tf.int32), 4), TypeError, r"`x` must be a floating tensor"),
     (lambda: patching.pool(tf.zeros((2, 3, 1)), tf.zeros((2, 3)), 4), TypeError, r"`ids` must be an integer tensor"),
     (lambda: patching.pool(tf.zeros((2, 3, 1)), tf.zeros((3, 3), tf.int32), 4), ValueError, r"`x` and `ids` must have the same batch size B"),
     (lambda: patching.pool(tf.zeros((2, 3, 1)), tf.zeros((2, 3), tf.int32), 4, "median"), ValueError, r"`mode` must be one of \['mean', 'sum', 'max', 'first', 'last'\]. Received: mode='median'"),
     (lambda: patching.unpool(tf.zeros((2, 3, 1)), tf.zeros((2, 3), tf.int32), shift=-1), ValueError, r"`shift` must be an int >= 0. Received: shift=-1"),
-    (lambda: patching.unpool(tf.zeros((2, 3)), tf.zeros((2, 3), tf.int32)), ValueError, r"`patches` must have rank 3, shaped \(B, P, E\)"),
+    (lambda: patching.unpool(tf.zeros((2, 3)), tf.zeros((2, 3), tf.int32)), ValueError, r"`patches` must have rank 3, shape \(B, P, E\)"),
     (lambda: patching.byte_to_patch_mask(tf.zeros((2, 3), tf.int32), 4, "next"), ValueError, r"`mode` must be one of \['previous', 'own'\]"),
     (lambda: patching.patch_to_byte_mask(tf.zeros((2, 3, 1), tf.int32), 4), ValueError, r"`ids` must have rank 2"),
 ]

@@ -139,7 +139,7 @@ BAD_LAYERS = [
     (lambda: PatchBoundaries("stride", 4, None), ValueError, r"`max_patch_length` is the stride"),
     (lambda: PatchBoundaries("entropy", 0, 2, threshold=1.0), ValueError, r"`max_patches` must be an int >= 1. Received: max_patches=0"),
     (lambda: PatchBoundaries("stride", 4, 2, space_bytes=[32]), ValueError, r"`space_bytes` is for criterion='space' only"),
-    (lambda: PatchBoundaries("entropy", 4, 2, threshold=1.0)(tf.zeros((2, 3, 1))), ValueError, r"`entropies` must have rank 2, shaped \(B, S\).*shape \(2, 3, 1\)"),
+    (lambda: PatchBoundaries("entropy", 4, 2, threshold=1.0)(tf.zeros((2, 3, 1))), ValueError, r"`entropies` must have rank 2, shape \(B, S\).*shape \(2, 3, 1\)"),
     (lambda: PatchPooling(4, "median"), ValueError, r"`mode` must be one of"),
     (lambda: PatchUnpooling(shift=-1), ValueError, r"`shift` must be an int >= 0"),
     (lambda: PatchAttentionMask(4, queries="keys"), ValueError, r"`queries` must be one of \['patches', 'bytes'\]"),

@@ -1,7 +1,7 @@
 """Dynamic patching layers: patch boundaries, pooling between bytes and patches, masks, hash n-gram embeddings.
 
 Shape letters: ``B`` rows, ``S`` bytes per row, ``P`` patches per row (the
-static ``max_patches``), ``E`` features, ``N`` n-gram sizes.
+static ``max_patches``), ``E`` features.
 
 Each layer holds its config and calls ``mlable_core.patching`` or
 ``mlable_core.hashing``; the conventions (a boundary starts a patch at the
@@ -25,13 +25,6 @@ QUERIES = ("patches", "bytes")
 
 def _int_spec(shape: tuple[int | None, ...], dtype: str = "int32") -> keras.KerasTensor:
     return keras.KerasTensor(shape, dtype=dtype)
-
-
-def _shape(shape: Any, name: str, rank: int, letters: str) -> tuple[int | None, ...]:
-    shape = shapes.normalize_shape(shape)
-    if len(shape) != rank:
-        raise ValueError(f"`{name}` must have rank {rank}, shaped {letters}. Received: {name} with shape {shapes.format_shape(shape)}")
-    return shape
 
 
 @keras.saving.register_keras_serializable(package="mlable")
@@ -127,7 +120,7 @@ class PatchBoundaries(keras.layers.Layer):
         return tuple(result)
 
     def compute_output_shape(self, input_shape: Any) -> tuple[tuple[int | None, ...], ...]:
-        batch, length = _shape(input_shape, "inputs", 2, "(B, S)")
+        batch, length = shapes.check_rank(input_shape, 2, "inputs", "(B, S)")
         return (batch, length), (batch, self.max_patches), (batch,)
 
     def compute_output_spec(self, inputs: Any, mask: Any = None) -> tuple[keras.KerasTensor, ...]:
@@ -185,7 +178,7 @@ class PatchPooling(keras.layers.Layer):
         return patching.pool(inputs, ids, self.max_patches, self.mode)
 
     def compute_output_shape(self, inputs_shape: Any, ids_shape: Any = None) -> tuple[int | None, ...]:
-        batch, _, features = _shape(inputs_shape, "inputs", 3, "(B, S, E)")
+        batch, _, features = shapes.check_rank(inputs_shape, 3, "inputs", "(B, S, E)")
         return batch, self.max_patches, features
 
     def compute_mask(self, inputs: Any, mask: Any = None) -> None:
@@ -230,8 +223,8 @@ class PatchUnpooling(keras.layers.Layer):
         return patching.unpool(inputs, ids, self.shift)
 
     def compute_output_shape(self, inputs_shape: Any, ids_shape: Any) -> tuple[int | None, ...]:
-        batch, _, features = _shape(inputs_shape, "inputs", 3, "(B, P, E)")
-        ids_batch, length = _shape(ids_shape, "ids", 2, "(B, S)")
+        batch, _, features = shapes.check_rank(inputs_shape, 3, "inputs", "(B, P, E)")
+        ids_batch, length = shapes.check_rank(ids_shape, 2, "ids", "(B, S)")
         return batch if batch is not None else ids_batch, length, features
 
     def compute_mask(self, inputs: Any, mask: Any = None) -> None:
@@ -284,7 +277,7 @@ class PatchAttentionMask(keras.layers.Layer):
         return patching.byte_to_patch_mask(ids, self.max_patches, self.mode)
 
     def compute_output_shape(self, input_shape: Any) -> tuple[int | None, ...]:
-        batch, length = _shape(input_shape, "ids", 2, "(B, S)")
+        batch, length = shapes.check_rank(input_shape, 2, "ids", "(B, S)")
         if self.queries == "patches":
             return batch, self.max_patches, length
         return batch, length, self.max_patches
@@ -305,16 +298,17 @@ class PatchAttentionMask(keras.layers.Layer):
 class HashNgramEmbedding(keras.layers.Layer):
     """Byte embeddings plus hash n-gram embeddings (BLT): ``(..., S)`` bytes to ``(..., S, E)``.
 
-    ``out[t] = byte_table[x[t]] + sum_n ngram_table_n[hash_n(t) mod K]``, where
+    ``out[t] = byte_table[x[t]] + sum_n ngram_table_n[hash_n(t) mod num_buckets]``, where
     ``hash_n(t)`` is the polynomial hash of the n-gram ending at byte ``t`` (see
     ``mlable_core.hashing``: exact int64 arithmetic, the same on every backend and
     under XLA; n-grams reaching before the first byte use a "before the start"
-    symbol). The 256 byte rows and the ``N * K`` n-gram rows live in one table,
-    ``embeddings`` of shape ``(256 + N * K, E)``.
+    symbol). The 256 byte rows and the ``len(ngram_sizes) * num_buckets``
+    n-gram rows live in one table, ``embeddings`` of shape ``(V, E)`` with
+    ``V = 256 + len(ngram_sizes) * num_buckets``.
 
     Args:
         output_dim: ``E``.
-        num_buckets: ``K``, the buckets per n-gram size.
+        num_buckets: the buckets per n-gram size.
         ngram_sizes: the sizes ``n`` (default 3 to 8, as in BLT).
         base: the polynomial base of the hash.
         modulus: the hash modulus, < ``2 ** 31``.
@@ -361,9 +355,9 @@ class HashNgramEmbedding(keras.layers.Layer):
         with tf.control_dependencies(checks):
             ngrams = hashing.ngram_ids(
                 values, self.num_buckets, self.ngram_sizes, self.base, self.modulus, offset=patching.BYTE_VALUES
-            )  # (..., S, N)
+            )  # (..., S, len(ngram_sizes))
         table = tf.cast(self.embeddings, self.compute_dtype)
-        # one gather per size, summed: gathering (..., S, 1 + N) rows at once then reducing is 2x (graph) to 10x (XLA) slower
+        # one gather per size, summed: gathering all the rows at once then reducing is 2x (graph) to 10x (XLA) slower
         lookups = [tf.gather(table, values)] + [tf.gather(table, ngrams[..., index]) for index in range(len(self.ngram_sizes))]
         return tf.add_n(lookups)  # (..., S, E)
 

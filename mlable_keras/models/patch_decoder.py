@@ -86,7 +86,7 @@ class PatchDecoder(keras.Model):
             (``mlable_core.patching.WHITESPACE``), which suits UTF-8 and UTF-32 alike.
         embed_dim: ``E``, the local width.
         global_dim: ``D``, the global width.
-        num_buckets: ``K``, hash buckets per n-gram size.
+        num_buckets: hash buckets per n-gram size.
         ngram_sizes: the hashed n-gram sizes.
         encoder_layers, global_layers, decoder_layers: blocks in each stack.
         num_heads: attention heads of the local blocks; ``global_heads`` of the global ones.
