@@ -131,6 +131,7 @@ def check_space_bytes(space_bytes: object) -> tuple[int, ...]:
 
 
 def check_mode(mode: object, modes: Sequence[str], name: str = "mode") -> str:
+    """``mode`` when it is one of ``modes``, else a ``ValueError`` naming ``name``, the choices and the value."""
     if not isinstance(mode, str) or mode not in modes:
         raise ValueError(f"`{name}` must be one of {list(modes)}. Received: {name}={mode!r}")
     return mode
@@ -307,7 +308,7 @@ def patches_from_starts(
 
 
 def patch_lengths(ids: Any, max_patches: int) -> tf.Tensor:
-    """The number of bytes of each patch: ``(B, S)`` ids to ``(B, P)`` int32 lengths (negative ids count nowhere).
+    """The number of bytes of each patch: ``(B, S)`` ids to ``(B, P)`` int32 lengths (ids outside ``[0, P)`` count nowhere).
 
     Example:
         >>> patch_lengths(tf.constant([[0, 0, 1, -1]]), max_patches=3).numpy().tolist()

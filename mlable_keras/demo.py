@@ -33,6 +33,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -554,7 +555,9 @@ def run_patches(
     model.save(report.model_path)
     reloaded = keras.saving.load_model(report.model_path)
     report.reload_equal = bool(np.array_equal(model(x[split : split + 2]).numpy(), reloaded(x[split : split + 2]).numpy()))
-    report.plot_path = _plot(report.history, os.path.join(directory, "training.png"), report.compressors)
+    with warnings.catch_warnings():  # no accuracy curves here: matplotlib warns about the empty legend
+        warnings.simplefilter("ignore", UserWarning)
+        report.plot_path = _plot(report.history, os.path.join(directory, "training.png"), report.compressors)
 
     say(f"\nbits per byte on the validation text ({report.validation_bytes:,} UTF-8 bytes, the same text as the ByteDecoder's)")
     table = [("mlable PatchDecoder", f"{report.bits_per_byte:5.3f}  (model)")]

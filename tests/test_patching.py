@@ -15,7 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mlable_core import hashing, patching, reshaping
-from tests import strategies
+from tests.strategies import BYTE_ALPHABET as ALPHABET
+from tests.strategies import patch_inputs
 
 # references --------------------------------------------------------------------------------------
 
@@ -120,24 +121,7 @@ def python_ngram_hashes(data: np.ndarray, sizes: tuple[int, ...], buckets: int, 
     return out
 
 
-# strategies ----------------------------------------------------------------------------------------
-
-ALPHABET = [32, 32, 10, 0, 97, 98, 99, 0x80, 0xA9, 200, 255]  # spaces often, so that the rule fires
-
-
-@st.composite
-def patch_inputs(draw: st.DrawFn, max_rows: int = 3, max_length: int = 20):
-    rows = draw(st.integers(1, max_rows))
-    length = draw(st.integers(0, max_length))
-    data = np.asarray(draw(st.lists(st.sampled_from(ALPHABET), min_size=rows * length, max_size=rows * length)), np.int32).reshape(rows, length)
-    entropies = np.asarray(
-        draw(st.lists(st.sampled_from([0.0, 0.5, 1.0, 1.5, 2.0, 3.0]), min_size=rows * length, max_size=rows * length)), np.float32
-    ).reshape(rows, length)
-    masked = draw(st.booleans())
-    mask = np.asarray(draw(st.lists(st.booleans(), min_size=rows * length, max_size=rows * length)), bool).reshape(rows, length) if masked else None
-    max_patch_length = draw(st.one_of(st.none(), st.integers(1, 5)))
-    threshold = draw(st.sampled_from([-0.5, 0.0, 0.75, 1.0, 2.5]))
-    return data, entropies, mask, max_patch_length, threshold
+# running the criteria ---------------------------------------------------------------------------
 
 
 def run_criterion(criterion: str, data, entropies, threshold, max_patches, max_patch_length, mask=None, allow_overflow=False):
