@@ -307,7 +307,7 @@ def test_cli_model_patches_runs_the_patch_decoder_and_the_default_does_not(monke
 
 
 def test_patches_demo_trains_scores_and_reloads(tmp_path):
-    settings = demo.Settings(**{**demo.QUICK.__dict__, "characters": 12_000, "epochs": 2})
+    settings = demo.Settings(**{**demo.QUICK.__dict__, "characters": 6_000, "epochs": 1})
     text = corpus.load_corpus(max_characters=settings.characters)
     report = demo.run_patches(settings, text, output=str(tmp_path), verbose=0)
     assert report.loss_after < report.loss_before, (report.loss_before, report.loss_after)
