@@ -239,3 +239,12 @@ def test_patch_decoder_trains_saves_and_reloads(tmp_path):
     assert reloaded.get_config() == model.get_config()
     ids = model.patches(inputs).ids.numpy()
     np.testing.assert_array_equal(ids, loop_patches(space_starts(inputs, patching.WHITESPACE), 12, 6)[0])
+    # the policy reaches every sublayer; float32 weights, logits close to the float32 model's
+    for policy in ("mixed_float16", "mixed_bfloat16"):
+        half = PatchDecoder(**SMALL, dtype=policy)
+        half(inputs)
+        half.set_weights(model.get_weights())
+        assert {layer.compute_dtype for layer in half.layers if layer.weights} == {policy.split("_")[1]}
+        assert all(weight.dtype == "float32" for weight in half.weights)
+        logits = model(inputs).numpy()
+        np.testing.assert_allclose(half(inputs).numpy(), logits, atol=0.05 * np.abs(logits).max())

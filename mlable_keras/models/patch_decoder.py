@@ -41,18 +41,25 @@ PATCHING = ("space", "stride")
 class _Stack:
     """Pre-norm causal transformer blocks (attention with RoPE, gated feed-forward), as lists Keras tracks."""
 
-    def __init__(self, owner: keras.Model, prefix: str, count: int, width: int, heads: int, hidden: int, dropout: float, wavelength: float) -> None:
+    def __init__(
+        self, owner: keras.Model, prefix: str, count: int, width: int, heads: int, hidden: int, dropout: float, wavelength: float
+    ) -> None:
+        dtype = owner.dtype_policy  # the model's policy (e.g. mixed_bfloat16) reaches every sublayer
         if width % heads:
             raise ValueError(f"`num_heads`={heads} must divide the width {width} of the {prefix} blocks")
         head_dim = width // heads
-        self.norms = [keras.layers.RMSNormalization(name=f"{prefix}_attention_norm_{index}") for index in range(count)]
+        self.norms = [keras.layers.RMSNormalization(name=f"{prefix}_attention_norm_{index}", dtype=dtype) for index in range(count)]
         self.attentions = [
-            CachedMultiHeadAttention(heads, head_dim, dropout=dropout, rotary={"max_wavelength": wavelength}, name=f"{prefix}_attention_{index}")
+            CachedMultiHeadAttention(
+                heads, head_dim, dropout=dropout, rotary={"max_wavelength": wavelength}, name=f"{prefix}_attention_{index}", dtype=dtype
+            )
             for index in range(count)
         ]
-        self.feedforward_norms = [keras.layers.RMSNormalization(name=f"{prefix}_feedforward_norm_{index}") for index in range(count)]
+        self.feedforward_norms = [
+            keras.layers.RMSNormalization(name=f"{prefix}_feedforward_norm_{index}", dtype=dtype) for index in range(count)
+        ]
         self.feedforwards = [
-            FeedForwardGate(width, hidden, dropout_rate=dropout, name=f"{prefix}_feedforward_{index}") for index in range(count)
+            FeedForwardGate(width, hidden, dropout_rate=dropout, name=f"{prefix}_feedforward_{index}", dtype=dtype) for index in range(count)
         ]
         # attributes of the model, so that Keras tracks, builds and saves them
         for name in ("norms", "attentions", "feedforward_norms", "feedforwards"):
@@ -92,7 +99,7 @@ class PatchDecoder(keras.Model):
         num_heads: attention heads of the local blocks; ``global_heads`` of the global ones.
         dropout_rate: dropout in the attention and the feed-forward layers.
         max_wavelength: the RoPE base wavelength (bytes locally, patches globally).
-        **kwargs: ``keras.Model`` arguments.
+        **kwargs: ``keras.Model`` arguments; ``dtype`` (e.g. ``"mixed_bfloat16"``) applies to every sublayer.
 
     Call arguments:
         inputs: ``(B, S)`` integer bytes in ``[0, 255]``.
@@ -147,23 +154,24 @@ class PatchDecoder(keras.Model):
         self.dropout_rate = float(dropout_rate)
         self.max_wavelength = float(max_wavelength)
 
+        dtype = self.dtype_policy  # every sublayer follows the model's policy
         self.boundaries = PatchBoundaries(
             patching_mode, self.max_patches, self.max_patch_length, space_bytes=self.space_bytes, allow_overflow=True, name="boundaries"
         )
-        self.embedding = HashNgramEmbedding(self.embed_dim, self.num_buckets, self.ngram_sizes, name="embedding")
+        self.embedding = HashNgramEmbedding(self.embed_dim, self.num_buckets, self.ngram_sizes, name="embedding", dtype=dtype)
         local = dict(heads=self.num_heads, hidden=2 * self.embed_dim, dropout=self.dropout_rate, wavelength=self.max_wavelength)
         self.encoder = _Stack(self, "encoder", self.encoder_layers, self.embed_dim, **local)
-        self.pooling = PatchPooling(self.max_patches, "mean", name="pooling")
-        self.up = keras.layers.Dense(self.global_dim, name="up")
+        self.pooling = PatchPooling(self.max_patches, "mean", name="pooling", dtype=dtype)
+        self.up = keras.layers.Dense(self.global_dim, name="up", dtype=dtype)
         self.globe = _Stack(
             self, "global", self.global_layers, self.global_dim, self.global_heads, 2 * self.global_dim, self.dropout_rate, self.max_wavelength
         )
-        self.global_norm = keras.layers.RMSNormalization(name="global_norm")
-        self.down = keras.layers.Dense(self.embed_dim, name="down")
-        self.unpooling = PatchUnpooling(shift=1, name="unpooling")
+        self.global_norm = keras.layers.RMSNormalization(name="global_norm", dtype=dtype)
+        self.down = keras.layers.Dense(self.embed_dim, name="down", dtype=dtype)
+        self.unpooling = PatchUnpooling(shift=1, name="unpooling", dtype=dtype)
         self.decoder = _Stack(self, "decoder", self.decoder_layers, self.embed_dim, **local)
-        self.final_norm = keras.layers.RMSNormalization(name="final_norm")
-        self.head = keras.layers.Dense(BYTES, name="head")
+        self.final_norm = keras.layers.RMSNormalization(name="final_norm", dtype=dtype)
+        self.head = keras.layers.Dense(BYTES, name="head", dtype=dtype)
 
     def build(self, input_shape: Sequence[int | None]) -> None:
         batch, length = tuple(input_shape)
