@@ -13,7 +13,8 @@ Goals (issue 16):
   costs at most 1.5x a plain ``keras.layers.Embedding`` lookup per n, i.e. 7
   lookups of precomputed ids, summed.
 
-How it is timed: ``timing.compare`` (interleaved rounds, medians). Both sides
+How it is timed: ``timing.compare`` (10 interleaved rounds, medians: on a shared
+machine fewer rounds let one side catch a busy moment). Both sides
 start from the same tensors (the ``(B, S, E)`` features, reshaped inside the
 timed function; the alternative gets the flat sorted patch ids precomputed)
 and return the sum of their result, so that XLA cannot compute one element
@@ -63,7 +64,7 @@ def _total(x: tf.Tensor) -> tf.Tensor:
 
 def _patching_rows(quick: bool, tiny: bool) -> list[timing.Row]:
     rows: list[timing.Row] = []
-    repeats = 1 if tiny else (4 if quick else 12)
+    repeats, rounds = (1, 1) if tiny else ((6, 3) if quick else (30, 10))
     shape = TINY_SHAPE if tiny else SHAPE
     max_patches = TINY_MAX_PATCHES if tiny else MAX_PATCHES
     data = tf.constant(text_like_bytes(shape))
@@ -91,7 +92,7 @@ def _patching_rows(quick: bool, tiny: bool) -> list[timing.Row]:
             def ours(boundaries=boundaries) -> tf.Tensor:
                 return _total(patching.pool(x, boundaries().ids, max_patches, "mean"))
 
-            ours_timing, theirs_timing = timing.compare(tf.function(ours, jit_compile=jit), theirs, repeats=repeats)
+            ours_timing, theirs_timing = timing.compare(tf.function(ours, jit_compile=jit), theirs, repeats=repeats, rounds=rounds)
             rows.append(
                 timing.row(
                     "patching", f"{name} patches + mean pooling", label, "float32", mode, ours_timing,
@@ -103,7 +104,7 @@ def _patching_rows(quick: bool, tiny: bool) -> list[timing.Row]:
 
 def _hash_rows(quick: bool, tiny: bool) -> list[timing.Row]:
     rows: list[timing.Row] = []
-    repeats = 1 if tiny else (4 if quick else 12)
+    repeats, rounds = (1, 1) if tiny else ((6, 3) if quick else (30, 10))
     shape = TINY_SHAPE if tiny else HASH_SHAPE
     data = tf.constant(text_like_bytes(shape, seed=1))
     ours_layer = HashNgramEmbedding(FEATURES, HASH_BUCKETS, NGRAM_SIZES)
@@ -119,7 +120,7 @@ def _hash_rows(quick: bool, tiny: bool) -> list[timing.Row]:
     for mode, jit in (("graph", False), ("xla", True)):
         ours = tf.function(lambda: _total(ours_layer(data)), jit_compile=jit)
         theirs = tf.function(lambda: _total(tf.add_n([layer(index) for layer, index in zip(plain, ids)])), jit_compile=jit)
-        ours_timing, theirs_timing = timing.compare(ours, theirs, repeats=repeats)
+        ours_timing, theirs_timing = timing.compare(ours, theirs, repeats=repeats, rounds=rounds)
         rows.append(
             timing.row(
                 "patching", "HashNgramEmbedding (byte + 6 sizes)", label, "float32", mode, ours_timing,

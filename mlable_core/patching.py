@@ -231,6 +231,22 @@ def _cumulative_max(x: tf.Tensor) -> tf.Tensor:
     return x
 
 
+def _run_starts(natural: tf.Tensor, positions: tf.Tensor) -> tf.Tensor:
+    """The position of the last ``natural`` start at or before each byte (``(B, S)``; -1 or any value before the first).
+
+    Under XLA one scatter of the start positions by run number and one gather (half the time of the log-depth
+    running maximum there); elsewhere the running maximum, which is faster in TensorFlow's kernels.
+    """
+    if not in_xla_context():
+        return _cumulative_max(tf.where(natural, positions, -1))
+    rows, length = tf.shape(natural)[0], tf.shape(natural)[1]
+    runs = tf.cumsum(tf.cast(natural, tf.int32), axis=1) - 1  # (B, S): the run of each byte, -1 before the first
+    flat = tf.reshape(tf.where(runs >= 0, runs + tf.range(rows)[:, None] * length, -1), [-1])  # (B * S,)
+    spread = tf.reshape(tf.broadcast_to(positions, tf.shape(natural)), [-1])
+    first = tf.math.unsorted_segment_min(spread, flat, rows * length)  # (B * S,): where each run starts
+    return tf.reshape(tf.gather(first, tf.maximum(flat, 0)), tf.shape(natural))
+
+
 def patches_from_starts(
     starts: Any,
     max_patches: int,
@@ -284,7 +300,7 @@ def patches_from_starts(
         valid = mask
     if max_patch_length is not None:
         # offset of each byte from the start of its run (the last natural start at or before it)
-        run_start = _cumulative_max(tf.where(natural, positions, -1))  # (B, S)
+        run_start = _run_starts(natural, positions)  # (B, S)
         cut = tf.equal(tf.math.floormod(positions - run_start, max_patch_length), 0)
         natural = cut if valid is None else tf.logical_and(cut, valid)
     number = tf.cumsum(tf.cast(natural, tf.int32), axis=1)  # (B, S): patches started so far
