@@ -47,10 +47,16 @@ so that the overflow shows instead of passing silently.
 ``ring_attention`` attends over a ring cache of ``W`` slots (a sliding window
 of ``W``): memory ``O(W)`` and static shapes for a generation of any length.
 
-Precision: the softmax runs in float32 for float16 / bfloat16 / float32
-inputs (scores are cast up, the weights cast back; float64 stays float64), so
-half-precision caches keep full-precision normalization and masking never
-overflows.
+Precision: for float16 / bfloat16 / float32 inputs the scores ``q . k`` are
+summed and kept in float32, and so is the softmax; the weights are cast back
+to the input dtype before they mix the values (float64 stays float64). A
+float16 product would overflow: 64 entries of 100 give 640000, past float16's
+65504, and a NaN row. Half-precision keys are cast to float32 whole only where
+that copy is no larger than the float32 scores the softmax holds anyway
+(``K * H <= N * T``, e.g. prefill and training), else one block of
+``SCORE_BLOCK`` slots at a time (decoding): a cache is never copied whole to
+float32. Measured on CPU, this costs about as much as the float16 product did
+(see the README's Performance section).
 """
 
 from __future__ import annotations
@@ -65,7 +71,7 @@ import tensorflow as tf
 from mlable_core import cache as kv_cache
 from mlable_core import shapes
 from mlable_core.cache import append_cache, create_cache, in_xla_context, update_cache
-from mlable_core.reshaping import dynamic_dims
+from mlable_core.reshaping import dynamic_dims, reshape_target
 
 # smallest number of slots attended under XLA; below it, bucketing saves nothing
 MIN_BUCKET = 64
@@ -74,6 +80,9 @@ SPANS = ("auto", "filled", "buckets", "allocated")
 
 # added to masked scores before the float32 softmax; finite so that gradients stay finite
 _MASKED_SCORE = -1e9
+
+# half-precision keys are cast to float32 this many slots at a time to score them (see `_scores`)
+SCORE_BLOCK = 512
 
 
 @tf.autograph.experimental.do_not_convert
@@ -195,97 +204,127 @@ def _attend(
     key: tf.Tensor,
     value: tf.Tensor,
     visible: tf.Tensor,
-    scale: float,
+    scale: float | tf.Tensor,
     dropout: Callable[[tf.Tensor], tf.Tensor] | None,
     return_scores: bool,
 ) -> tuple[tf.Tensor, tf.Tensor | None]:
-    """Masked softmax attention of ``(B, T, N, H)`` queries over ``(B, S, N, H)`` keys / values.
+    """Masked softmax attention of ``(B, T, N, H)`` queries over ``(B, S, K, H)`` keys / values.
 
-    With ``K < N`` key / value heads (grouped-query attention), query head ``n``
-    reads key / value head ``n // (N / K)``; the keys and values are never
-    repeated to ``N`` heads: the queries are viewed as ``(B, T, K, N / K, H)``.
+    The scores ``q . k`` are accumulated and kept in float32 (float64 for
+    float64 inputs), whatever the input dtype: see ``_scores``. The weights are
+    cast back to the input dtype before they mix the values. With ``K < N``
+    key / value heads (grouped-query attention), query head ``n`` reads key /
+    value head ``n // (N / K)``; the keys and values are never repeated to ``N``
+    heads.
     """
     dtype = query.dtype
-    query = query * tf.cast(scale, dtype)
-    heads, groups = query.shape[2], key.shape[2]
-    if heads is not None and groups is not None and groups != heads:
-        return _attend_grouped(query, key, value, visible, groups, dropout, return_scores)
-    if query.shape[1] == 1:
-        # one query position (decoding): multiply and reduce in the cache layout rather than
-        # transposing the keys and values to (B, N, S, H) for a batched matmul
-        scores = tf.reduce_sum(key * query, axis=-1)  # (B, S, N)
-        scores = tf.transpose(scores, (0, 2, 1))[:, :, None]  # (B, N, 1, S)
-    else:
-        scores = tf.einsum("btnh,bsnh->bnts", query, key)  # (B, N, T, S)
+    accumulator = tf.float64 if dtype == tf.float64 else tf.float32
+    query = tf.cast(query, accumulator) * tf.cast(scale, accumulator)  # (B, T, N, H), small: cast once
+    scores = _scores(query, key)  # (B, N, T, S) in the accumulator dtype
     weights = _masked_softmax(scores, visible[:, None], dtype)  # (B, N, T, S)
     mixed = weights if dropout is None else dropout(weights)
-    if query.shape[1] == 1:
-        mixed_slots = tf.transpose(mixed[:, :, 0], (0, 2, 1))[..., None]  # (B, S, N, 1)
-        output = tf.reduce_sum(mixed_slots * value, axis=1, keepdims=True)  # (B, 1, N, H)
-    else:
-        output = tf.einsum("bnts,bsnh->btnh", mixed, value)  # (B, T, N, H)
-    return output, (weights if return_scores else None)
+    return _mix(mixed, value), (weights if return_scores else None)
 
 
-def _attend_grouped(
-    query: tf.Tensor,
-    key: tf.Tensor,
-    value: tf.Tensor,
-    visible: tf.Tensor,
-    groups: int,
-    dropout: Callable[[tf.Tensor], tf.Tensor] | None,
-    return_scores: bool,
-) -> tuple[tf.Tensor, tf.Tensor | None]:
-    """``_attend`` for ``K = groups`` key / value heads shared by ``N / K`` query heads each (scaled queries)."""
-    batch, length, heads, head_dim = dynamic_dims(query)
-    share = query.shape[2] // groups
-    if query.shape[1] == 1 and query.shape[3] is not None and value.shape[3] is not None:
-        return _attend_grouped_one(query, key, value, visible, groups, dropout, return_scores)
-    grouped = tf.reshape(query, [batch, length, groups, share, head_dim])  # (B, T, K, N / K, H)
-    scores = tf.einsum("btkgh,bskh->bkgts", grouped, key)  # (B, K, N / K, T, S)
-    slots = dynamic_dims(key)[1]
-    scores = tf.reshape(scores, [batch, heads, length, slots])  # (B, N, T, S), head n = k * N / K + g
-    weights = _masked_softmax(scores, visible[:, None], query.dtype)  # (B, N, T, S)
-    mixed = weights if dropout is None else dropout(weights)
-    mixed = tf.reshape(mixed, [batch, groups, share, length, slots])  # (B, K, N / K, T, S)
-    output = tf.einsum("bkgts,bskh->btkgh", mixed, value)  # (B, T, K, N / K, Hv)
-    value_dim = dynamic_dims(value)[3]
-    output = tf.reshape(output, [batch, length, heads, value_dim])  # (B, T, N, Hv)
-    return output, (weights if return_scores else None)
+def _scores(query: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
+    """Scores ``(B, N, T, S)`` of scaled queries (in the accumulator dtype) on keys of any float dtype.
 
+    Keys in the accumulator dtype are used as they are. Half-precision keys
+    (float16, bfloat16) are cast up so that the products are summed in float32
+    (a float16 dot product of 64 entries of 100 is 640000, past float16's
+    65504), without a float32 copy of all the keys (or of a cache) wherever it
+    would be larger than the scores themselves:
 
-def _attend_grouped_one(
-    query: tf.Tensor,
-    key: tf.Tensor,
-    value: tf.Tensor,
-    visible: tf.Tensor,
-    groups: int,
-    dropout: Callable[[tf.Tensor], tf.Tensor] | None,
-    return_scores: bool,
-) -> tuple[tf.Tensor, tf.Tensor | None]:
-    """Grouped attention of ONE query position, reading the keys / values in their cache layout.
-
-    Seen as ``(B, S, K * H)``, the keys multiply a block-diagonal ``(K * H, N)``
-    matrix of the queries (query head ``n`` in the block of its key head), so
-    one batched matmul scores every head without transposing or repeating the
-    keys; the values are read the same way and each head keeps its block.
+    - when the float32 keys are no larger than the float32 scores, which the
+      softmax holds anyway (``K * H <= N * T``: prefill and training), or at
+      most ``SCORE_BLOCK`` slots, they are cast whole;
+    - otherwise (decoding, short chunks) they are cast one block of
+      ``SCORE_BLOCK`` slots at a time: the extra memory is one block,
+      ``B * SCORE_BLOCK * K * H`` floats. The blocks are unrolled when ``S`` is
+      static (always under XLA), and a ``tf.while_loop`` otherwise.
     """
-    batch, _, heads, head_dim = dynamic_dims(query)
-    value_dim = value.shape[3]
-    share = query.shape[2] // groups
+    if key.dtype == query.dtype:
+        return _head_scores(query, key)
     slots = dynamic_dims(key)[1]
-    dtype = query.dtype
-    owner = tf.one_hot(tf.range(heads) // share, groups, dtype=dtype)  # (N, K): the key head of each query head
-    blocks = query[:, 0, :, None, :] * owner[None, :, :, None]  # (B, N, K, H), zero outside the own block
-    blocks = tf.transpose(tf.reshape(blocks, [batch, heads, groups * head_dim]), (0, 2, 1))  # (B, K * H, N)
-    flat_keys = tf.reshape(key, [batch, slots, groups * head_dim])  # (B, S, K * H), a free reshape
-    scores = tf.transpose(tf.matmul(flat_keys, blocks), (0, 2, 1))[:, :, None]  # (B, N, 1, S)
-    weights = _masked_softmax(scores, visible[:, None], dtype)  # (B, N, 1, S)
-    mixed = weights if dropout is None else dropout(weights)
-    flat_values = tf.reshape(value, [batch, slots, groups * value_dim])  # (B, S, K * Hv)
-    every = tf.reshape(tf.matmul(mixed[:, :, 0], flat_values), [batch, heads, groups, value_dim])  # (B, N, K, Hv)
-    output = tf.reduce_sum(every * owner[None, :, :, None], axis=2)[:, None]  # (B, 1, N, Hv): each head's own block
-    return output, (weights if return_scores else None)
+    dims = (query.shape[1], query.shape[2], key.shape[2], key.shape[3])  # T, N, K, H
+    small_keys = None not in dims and dims[2] * dims[3] <= dims[0] * dims[1]
+    if small_keys or (isinstance(slots, int) and slots <= SCORE_BLOCK):
+        return _head_scores(query, tf.cast(key, query.dtype))
+    if isinstance(slots, int):
+        blocks = [key[:, start : start + SCORE_BLOCK] for start in range(0, slots, SCORE_BLOCK)]  # (B, <= block, K, H) each
+        return tf.concat([_head_scores(query, tf.cast(part, query.dtype)) for part in blocks], axis=-1)  # (B, N, T, S)
+    return _scores_in_loop(query, key, slots)
+
+
+def _scores_in_loop(query: tf.Tensor, key: tf.Tensor, slots: tf.Tensor) -> tf.Tensor:
+    """``_scores`` by blocks of ``SCORE_BLOCK`` slots in a ``tf.while_loop``, for ``S`` known at run time only."""
+    size = tf.minimum(slots, SCORE_BLOCK)
+    count = (slots + SCORE_BLOCK - 1) // SCORE_BLOCK
+
+    def body(index: tf.Tensor, blocks: tf.TensorArray) -> tuple[tf.Tensor, tf.TensorArray]:
+        start = tf.minimum(index * SCORE_BLOCK, slots - size)  # the last block ends at S (it may overlap the one before)
+        part = tf.slice(key, tf.stack([0, start, 0, 0]), tf.stack([-1, size, -1, -1]))  # (B, size, K, H)
+        part.set_shape([key.shape[0], None, key.shape[2], key.shape[3]])
+        return index + 1, blocks.write(index, _head_scores(query, tf.cast(part, query.dtype)))  # (B, N, T, size)
+
+    blocks = tf.TensorArray(query.dtype, size=count, element_shape=tf.TensorShape([query.shape[0], query.shape[2], query.shape[1], None]))
+    _, blocks = tf.while_loop(lambda index, _: index < count, body, (tf.constant(0), blocks))
+    batch, queries, heads, _ = dynamic_dims(query)
+    stacked = tf.transpose(blocks.stack(), (1, 2, 3, 0, 4))  # (B, N, T, count, size)
+    joined = tf.reshape(stacked, reshape_target([batch, heads, queries, count * size]))  # (B, N, T, count * size)
+    # the last block overlaps the one before: keep its columns past the full blocks
+    full = (count - 1) * size
+    return tf.concat([joined[..., :full], joined[..., count * size - (slots - full) :]], axis=-1)  # (B, N, T, S)
+
+
+def _head_scores(query: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
+    """Scores ``(B, N, T, S)`` of ``(B, T, N, H)`` queries on ``(B, S, K, H)`` keys of the same dtype."""
+    batch, queries, heads, head_dim = dynamic_dims(query)
+    groups, slots = key.shape[2], dynamic_dims(key)[1]
+    if query.shape[1] == 1 and groups is not None and groups != query.shape[2] and query.shape[3] is not None:
+        # one query (decoding) with grouped heads: the keys, seen as (B, S, K * H), multiply a block-diagonal
+        # (K * H, N) matrix of the queries (query head n in the block of its key head): one batched matmul
+        # scores every head without transposing or repeating the keys
+        blocks = query[:, 0, :, None, :] * _owners(query.shape[2], groups, query.dtype)[None, :, :, None]  # (B, N, K, H), zero outside the own block
+        blocks = tf.transpose(tf.reshape(blocks, [batch, heads, groups * head_dim]), (0, 2, 1))  # (B, K * H, N)
+        flat_keys = tf.reshape(key, [batch, slots, groups * head_dim])  # (B, S, K * H), a free reshape
+        return tf.transpose(tf.matmul(flat_keys, blocks), (0, 2, 1))[:, :, None]  # (B, N, 1, S)
+    if query.shape[1] == 1:
+        # one query (decoding): multiply and reduce in the cache layout rather than transposing the keys
+        scores = tf.reduce_sum(key * query, axis=-1)  # (B, S, N)
+        return tf.transpose(scores, (0, 2, 1))[:, :, None]  # (B, N, 1, S)
+    if groups is not None and groups != query.shape[2]:
+        share = query.shape[2] // groups
+        grouped = tf.reshape(query, [batch, queries, groups, share, head_dim])  # (B, T, K, N / K, H)
+        scores = tf.einsum("btkgh,bskh->bkgts", grouped, key)  # (B, K, N / K, T, S)
+        return tf.reshape(scores, reshape_target([batch, heads, queries, slots]))  # (B, N, T, S), head n = k * N / K + g
+    return tf.einsum("btnh,bsnh->bnts", query, key)  # (B, N, T, S)
+
+
+def _mix(weights: tf.Tensor, value: tf.Tensor) -> tf.Tensor:
+    """The attention output ``(B, T, N, Hv)``: ``(B, N, T, S)`` weights over ``(B, S, K, Hv)`` values."""
+    batch, _, queries, slots = dynamic_dims(weights)
+    heads, groups, value_dim = weights.shape[1], value.shape[2], dynamic_dims(value)[3]
+    one = weights.shape[2] == 1
+    if one and groups is not None and groups != heads and isinstance(value_dim, int):
+        # one query with grouped heads: every head weighs the values of every key head, and keeps its own block
+        flat_values = tf.reshape(value, [batch, slots, groups * value_dim])  # (B, S, K * Hv)
+        every = tf.reshape(tf.matmul(weights[:, :, 0], flat_values), [batch, heads, groups, value_dim])  # (B, N, K, Hv)
+        return tf.reduce_sum(every * _owners(heads, groups, weights.dtype)[None, :, :, None], axis=2)[:, None]  # (B, 1, N, Hv)
+    if one:
+        mixed_slots = tf.transpose(weights[:, :, 0], (0, 2, 1))[..., None]  # (B, S, N, 1)
+        return tf.reduce_sum(mixed_slots * value, axis=1, keepdims=True)  # (B, 1, N, Hv)
+    if groups is not None and groups != heads:
+        share = heads // groups
+        grouped = tf.reshape(weights, reshape_target([batch, groups, share, queries, slots]))  # (B, K, N / K, T, S)
+        output = tf.einsum("bkgts,bskh->btkgh", grouped, value)  # (B, T, K, N / K, Hv)
+        return tf.reshape(output, reshape_target([batch, queries, heads, value_dim]))  # (B, T, N, Hv)
+    return tf.einsum("bnts,bsnh->btnh", weights, value)  # (B, T, N, Hv)
+
+
+def _owners(heads: int, groups: int, dtype: tf.DType) -> tf.Tensor:
+    """``(N, K)`` one-hot: the key / value head of each of the ``N`` query heads."""
+    return tf.one_hot(tf.range(heads) // (heads // groups), groups, dtype=dtype)
 
 
 def _reads_rows(query: tf.Tensor, cache: tf.Tensor, length: int | tf.Tensor) -> bool:
@@ -297,7 +336,8 @@ def _reads_rows(query: tf.Tensor, cache: tf.Tensor, length: int | tf.Tensor) -> 
     """
     static = cache.shape.as_list()
     return (
-        isinstance(length, tf.Tensor) and query.shape[1] == 1 and all(dim is not None for dim in static)
+        cache.dtype in (tf.float32, tf.float64)  # half-precision keys are scored by `_scores`, in float32
+        and isinstance(length, tf.Tensor) and query.shape[1] == 1 and all(dim is not None for dim in static)
         and query.shape[2] == static[3] and static[1] == 1
     )
 

@@ -557,3 +557,108 @@ def test_append_cache_grows_after_the_existing_slots():
     grown, step = attention.append_cache(cache, key, value)
     assert int(step) == 3 and grown.shape == (2, 2, 5, 2, 4)
     np.testing.assert_array_equal(grown.numpy(), np.concatenate([cache.numpy(), np.stack([key.numpy(), value.numpy()])], axis=2))
+
+
+# half precision: the scores accumulate in float32 ---------------------------------------------
+
+
+def _large(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> tf.Tensor:
+    """Entries near 100 (a float16 dot product over 64 of them is past 65504), rounded to ``dtype``."""
+    return tf.cast(100.0 + rng.normal(size=shape) * 3.0, dtype)
+
+
+def _reference(q, k, v, mask) -> np.ndarray:
+    """The float64 loop on the same rounded inputs, key / value heads repeated to the query heads."""
+    q, k, v = (tf.cast(t, tf.float64).numpy() for t in (q, k, v))
+    repeat = q.shape[2] // k.shape[2]
+    return naive_attention(q, np.repeat(k, repeat, 2), np.repeat(v, repeat, 2), mask)[0]
+
+
+def _close(output: tf.Tensor, expected: np.ndarray) -> None:
+    got = tf.cast(output, tf.float64).numpy()
+    assert np.all(np.isfinite(got))
+    # the output is rounded to the half type once (values near 100: float16 ulp 0.06, bfloat16 ulp 0.5)
+    np.testing.assert_allclose(got, expected, atol=0.6 if output.dtype == tf.bfloat16 else 0.07)
+
+
+def test_half_precision_overflow_is_reproduced_by_a_float16_product():
+    x = tf.fill((1, 2, 1, 64), tf.constant(100.0, tf.float16))
+    assert not np.isfinite(tf.einsum("btnh,bsnh->bnts", x, x).numpy()).all()  # what the scores were before
+    np.testing.assert_array_equal(attention.attention(x, x, x)[0, :, 0, 0].numpy(), [100.0, 100.0])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("heads", [(2, 2), (4, 2)])
+@pytest.mark.parametrize("length", [5, attention.SCORE_BLOCK + 88])  # one block, and blocks whose last one overlaps
+def test_half_precision_plain_attention_scores_in_float32(dtype, heads, length):
+    rng = np.random.default_rng(50)
+    query_heads, kv_heads = heads
+    q = _large(rng, (2, 3, query_heads, 64), dtype)
+    k, v = (_large(rng, (2, length, kv_heads, 64), dtype) for _ in range(2))
+    expected = _reference(q, k, v, np.ones((1, 3, length), bool))
+    _close(attention.attention(q, k, v, use_causal_mask=False), expected)
+    if length > attention.SCORE_BLOCK:
+        graph = tf.function(
+            lambda q, k, v: attention.attention(q, k, v, use_causal_mask=False),
+            input_signature=[tf.TensorSpec([None, None, query_heads, 64], dtype)] + 2 * [tf.TensorSpec([None, None, kv_heads, 64], dtype)],
+        )
+        _close(graph(q, k, v), expected)  # S known at run time only: a block count known at run time only
+        compiled = tf.function(lambda q, k, v: attention.attention(q, k, v, use_causal_mask=False), jit_compile=True)
+        _close(compiled(q, k, v), expected)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("kv_heads", [2, 1])
+def test_half_precision_cached_decoding_on_every_path(dtype, kv_heads):
+    rng = np.random.default_rng(51)
+    slots, prompt = 640, attention.SCORE_BLOCK + 40  # the decode step reads 553 slots: two blocks
+    q = _large(rng, (1, prompt + 1, 2, 64), dtype)
+    k, v = (_large(rng, (1, prompt + 1, kv_heads, 64), dtype) for _ in range(2))
+    expected = _reference(q, k, v, loop_mask(prompt + 1, prompt + 1)[None])[:, prompt:]
+    cache = attention.create_cache(1, slots, kv_heads, 64, dtype=dtype)
+    _, cache = attention.cached_attention(q[:, :prompt], k[:, :prompt], v[:, :prompt], cache, 0)
+    new = [t[:, prompt:] for t in (q, k, v)]
+    eager = attention.cached_attention(*new, cache, prompt)[0]
+    graph = tf.function(lambda c, s: attention.cached_attention(*new, c, s)[0])(cache, tf.constant(prompt))
+    buckets = tf.function(lambda c, s: attention.cached_attention(*new, c, s)[0], jit_compile=True)(cache, tf.constant(prompt))
+    for output in (eager, graph, buckets):
+        _close(output, expected)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_ring_attention(dtype):
+    rng = np.random.default_rng(52)
+    window, length = 4, 9
+    q = _large(rng, (1, length, 4, 64), dtype)
+    k, v = (_large(rng, (1, length, 2, 64), dtype) for _ in range(2))
+    expected = _reference(q, k, v, loop_mask(length, length, window=window)[None])
+    ring, outputs = attention.create_cache(1, window, 2, 64, dtype=dtype), []
+    step_fn = tf.function(attention.ring_attention, jit_compile=True)
+    for position in range(length):
+        part = slice(position, position + 1)
+        output, ring = step_fn(q[:, part], k[:, part], v[:, part], ring, tf.constant(position))
+        outputs.append(output)
+    _close(tf.concat(outputs, axis=1), expected)
+
+
+def test_half_precision_block_scores_have_gradients():
+    rng = np.random.default_rng(53)
+    length = attention.SCORE_BLOCK + 30
+    q, k, v = (tf.constant(rng.normal(size=(1, 2, 2, 8)) if i == 0 else rng.normal(size=(1, length, 2, 8)), tf.float16) for i in range(3))
+
+    def loss(q, k, v):
+        return tf.reduce_sum(tf.cast(attention.attention(q, k, v, use_causal_mask=False), tf.float32) ** 2)
+
+    with tf.GradientTape() as tape:
+        tape.watch([q, k, v])
+        half = loss(q, k, v)
+    gradients = tape.gradient(half, [q, k, v])
+    wide = [tf.cast(t, tf.float64) for t in (q, k, v)]
+    with tf.GradientTape() as tape:
+        tape.watch(wide)
+        reference = tf.reduce_sum(attention.attention(*wide, use_causal_mask=False) ** 2)
+    expected = tape.gradient(reference, wide)
+    for got, want in zip(gradients, expected):
+        np.testing.assert_allclose(tf.cast(got, tf.float64).numpy(), want.numpy(), atol=0.05, rtol=0.02)
+    compiled = tf.function(lambda q, k, v: tf.gradients(loss(q, k, v), [q, k])[1], jit_compile=True)
+    np.testing.assert_allclose(tf.cast(compiled(q, k, v), tf.float64).numpy(), expected[1].numpy(), atol=0.05, rtol=0.02)

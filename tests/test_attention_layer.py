@@ -368,3 +368,33 @@ def test_grouped_query_heads_round_trip_and_errors(tmp_path):
         layer(x, x, cache=attention.create_cache(2, 6, 4, 8), step=0)
     with pytest.raises(ValueError, match=r"Grouped-query heads \(`num_key_value_heads`\) need 3D inputs"):
         CachedMultiHeadAttention(num_heads=4, key_dim=8, num_key_value_heads=2)(data(2, 3, 3, 16), data(2, 3, 3, 16), use_causal_mask=False)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_scores_past_float16_range_match_float64(policy):
+    # projected queries and keys near 100 with H=64: q . k / 8 is about 80000, past float16's 65504
+    layer = CachedMultiHeadAttention(num_heads=2, key_dim=64, dtype=policy)
+    x = 1.0 + 0.02 * data(1, 6, 8, seed=60)
+    layer(x, x)
+    rng = np.random.default_rng(61)
+    for dense in (layer.query_dense, layer.key_dense):
+        dense.kernel.assign(12.5 + rng.normal(size=dense.kernel.shape).astype("float32"))
+    half = [tf.cast(dense(x), tf.float64).numpy() for dense in (layer.query_dense, layer.key_dense, layer.value_dense)]
+    q, k, v = half  # (B, T, N, H), the projections as the layer rounds them
+    scores = np.einsum("btnh,bsnh->bnts", q, k) / 8.0
+    scores = np.where(np.tril(np.ones((6, 6), bool)), scores, -np.inf)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    mixed = np.einsum("bnts,bsnh->btnh", weights, v)
+    kernel, bias = (tf.cast(w, tf.float64).numpy() for w in (layer.output_dense.kernel, layer.output_dense.bias))
+    expected = np.einsum("btnh,nhd->btd", mixed, kernel) + bias
+    tolerance = 0.05 if policy == "mixed_bfloat16" else 0.01
+    plain = layer(x, x)
+    cache = attention.create_cache(1, 8, 2, 64, dtype=layer.compute_dtype)
+    prefill, cache = layer(x[:, :5], x[:, :5], cache=cache, step=0)
+    step = tf.function(lambda token, cache: layer(token, token, cache=cache, step=5), jit_compile=True)
+    decoded, _ = step(x[:, 5:], cache)
+    for got in (plain, tf.concat([prefill, decoded], axis=1)):
+        got = tf.cast(got, tf.float64).numpy()
+        assert np.all(np.isfinite(got))
+        np.testing.assert_allclose(got, expected, atol=tolerance * np.abs(expected).max())

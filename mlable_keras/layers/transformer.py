@@ -121,9 +121,11 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
     spreads such a row evenly over the masked keys instead); every other row
     equals Keras'.
 
-    Under mixed precision the scores and the softmax run in float32 and the
-    weights are cast back to the compute dtype. The cache stays in the compute
-    dtype. Eagerly and in ``tf.function`` a cached call reads the filled slots
+    Under mixed precision the scores ``q . k`` are summed in float32 (never in
+    float16, where they overflow past 65504), the softmax runs in float32 and
+    the weights are cast back to the compute dtype; the cache stays in the
+    compute dtype and is never copied whole to float32 (see
+    ``mlable_core.attention``). Eagerly and in ``tf.function`` a cached call reads the filled slots
     only; under XLA it reads the smallest power-of-two bucket holding them and
     updates the cache in place. A write past the end of the cache raises
     (eagerly and in graphs); under XLA the output of that call is NaN instead.
