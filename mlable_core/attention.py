@@ -281,16 +281,16 @@ def _head_scores(query: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
     """Scores ``(B, N, T, S)`` of ``(B, T, N, H)`` queries on ``(B, S, K, H)`` keys of the same dtype."""
     batch, queries, heads, head_dim = dynamic_dims(query)
     groups, slots = key.shape[2], dynamic_dims(key)[1]
-    if query.shape[1] == 1 and groups is not None and groups != query.shape[2] and query.shape[3] is not None:
-        # one query (decoding) with grouped heads: the keys, seen as (B, S, K * H), multiply a block-diagonal
-        # (K * H, N) matrix of the queries (query head n in the block of its key head): one batched matmul
-        # scores every head without transposing or repeating the keys
+    if query.shape[1] == 1 and groups is not None and query.shape[3] is not None and _block_diagonal(query.shape[2], groups):
+        # one query (decoding): the keys, seen as (B, S, K * H), multiply a block-diagonal (K * H, N) matrix of
+        # the queries (query head n in the block of its key head): one batched matmul scores every head without
+        # transposing, repeating or multiplying out the keys
         blocks = query[:, 0, :, None, :] * _owners(query.shape[2], groups, query.dtype)[None, :, :, None]  # (B, N, K, H), zero outside the own block
         blocks = tf.transpose(tf.reshape(blocks, [batch, heads, groups * head_dim]), (0, 2, 1))  # (B, K * H, N)
         flat_keys = tf.reshape(key, [batch, slots, groups * head_dim])  # (B, S, K * H), a free reshape
         return tf.transpose(tf.matmul(flat_keys, blocks), (0, 2, 1))[:, :, None]  # (B, N, 1, S)
     if query.shape[1] == 1:
-        # one query (decoding): multiply and reduce in the cache layout rather than transposing the keys
+        # one query under XLA, which fuses the product into the reduction: in the cache layout, no transpose
         scores = tf.reduce_sum(key * query, axis=-1)  # (B, S, N)
         return tf.transpose(scores, (0, 2, 1))[:, :, None]  # (B, N, 1, S)
     if groups is not None and groups != query.shape[2]:
@@ -306,8 +306,8 @@ def _mix(weights: tf.Tensor, value: tf.Tensor) -> tf.Tensor:
     batch, _, queries, slots = dynamic_dims(weights)
     heads, groups, value_dim = weights.shape[1], value.shape[2], dynamic_dims(value)[3]
     one = weights.shape[2] == 1
-    if one and groups is not None and groups != heads and isinstance(value_dim, int):
-        # one query with grouped heads: every head weighs the values of every key head, and keeps its own block
+    if one and groups is not None and isinstance(value_dim, int) and _block_diagonal(heads, groups):
+        # one query: every head weighs the values of every key head, and keeps its own block
         flat_values = tf.reshape(value, [batch, slots, groups * value_dim])  # (B, S, K * Hv)
         every = tf.reshape(tf.matmul(weights[:, :, 0], flat_values), [batch, heads, groups, value_dim])  # (B, N, K, Hv)
         return tf.reduce_sum(every * _owners(heads, groups, weights.dtype)[None, :, :, None], axis=2)[:, None]  # (B, 1, N, Hv)
@@ -322,65 +322,20 @@ def _mix(weights: tf.Tensor, value: tf.Tensor) -> tf.Tensor:
     return tf.einsum("bnts,bsnh->btnh", weights, value)  # (B, T, N, Hv)
 
 
+def _block_diagonal(heads: int, groups: int) -> bool:
+    """Whether one query position is scored (and mixed) by block-diagonal matmuls rather than elementwise.
+
+    Always with grouped heads. With ``K = N`` only outside XLA: there the
+    matmul avoids the ``(B, S, N, H)`` product of the elementwise form (about
+    0.7x the time of a decode step at 4096 slots), whereas XLA fuses that
+    product into its reduction and runs the matmul form 3.5x slower on CPU.
+    """
+    return groups != heads or not in_xla_context()
+
+
 def _owners(heads: int, groups: int, dtype: tf.DType) -> tf.Tensor:
     """``(N, K)`` one-hot: the key / value head of each of the ``N`` query heads."""
     return tf.one_hot(tf.range(heads) // (heads // groups), groups, dtype=dtype)
-
-
-def _reads_rows(query: tf.Tensor, cache: tf.Tensor, length: int | tf.Tensor) -> bool:
-    """Whether ``_attend_rows`` serves this read: one query over a filled length known at run time only, B = 1.
-
-    It unrolls one matmul pair per batch row, so it is kept for ``B = 1``
-    only: no graph grows with the batch (at B = 512 it had 11,896 ops and took
-    12 s to trace).
-    """
-    static = cache.shape.as_list()
-    return (
-        cache.dtype in (tf.float32, tf.float64)  # half-precision keys are scored by `_scores`, in float32
-        and isinstance(length, tf.Tensor) and query.shape[1] == 1 and all(dim is not None for dim in static)
-        and query.shape[2] == static[3] and static[1] == 1
-    )
-
-
-def _attend_rows(
-    query: tf.Tensor,
-    cache: tf.Tensor,
-    length: tf.Tensor,
-    visible: tf.Tensor,
-    scale: float,
-    dropout: Callable[[tf.Tensor], tf.Tensor] | None,
-    return_scores: bool,
-) -> tuple[tf.Tensor, tf.Tensor | None]:
-    """``_attend`` for one query position over the first ``length`` slots of a cache, outside XLA.
-
-    Seen as rows ``(2 * B * S, N * H)``, the keys (or values) of one batch row
-    up to ``length`` are a contiguous block of rows, which TensorFlow slices
-    without copying; two matmuls per batch row then read them once. The query
-    of head ``n`` sits on the diagonal block ``n`` of a ``(N * H, N)`` matrix, so
-    one matmul scores every head (the other blocks are zeros), and the heads'
-    outputs are the diagonal blocks of ``weights @ values``. This avoids the
-    ``(B, length, N, H)`` temporaries of the plain path, whose allocation dominates
-    decoding at long filled lengths. Needs static ``B, S, N, H``.
-    """
-    _, batch, slots, heads, head_dim = cache.shape.as_list()
-    dtype = query.dtype
-    width = heads * head_dim
-    rows = tf.reshape(cache, (2 * batch * slots, width))  # (2 * B * S, N * H): row (kind * B + b) * S + s
-    size = tf.stack([length, width])
-    eye = tf.eye(heads, dtype=dtype)  # (N, N)
-    query = query[:, 0] * tf.cast(scale, dtype)  # (B, N, H)
-    blocks = tf.reshape(query[..., None] * eye[:, None, :], (batch, width, heads))  # (B, N * H, N)
-    scores = tf.stack([tf.matmul(tf.slice(rows, [b * slots, 0], size), blocks[b]) for b in range(batch)])  # (B, length, N)
-    scores = tf.transpose(scores, (0, 2, 1))[:, :, None]  # (B, N, 1, length)
-    weights = _masked_softmax(scores, visible[:, None], dtype)  # (B, N, 1, length)
-    mixed = weights if dropout is None else dropout(weights)
-    outputs = []
-    for b in range(batch):
-        values = tf.slice(rows, [(batch + b) * slots, 0], size)  # (length, N * H)
-        every = tf.reshape(tf.matmul(mixed[b, :, 0], values), (heads, heads, head_dim))  # (N, N, H): weights of head i on values of head j
-        outputs.append(tf.transpose(tf.linalg.diag_part(tf.transpose(every, (2, 0, 1)))))  # (N, H): i == j
-    output = tf.stack(outputs)[:, None]  # (B, 1, N, H)
-    return output, (weights if return_scores else None)
 
 
 def _check_qkv(query: tf.Tensor, key: tf.Tensor, value: tf.Tensor) -> None:
@@ -639,11 +594,8 @@ def _attend_slots(
     if mask is not None:
         mask = mask[:, :, :length]  # (B, T, L), or (B, T, 1) when it broadcasts over the slots
     visible = build_attention_mask(queries, length, step, filled, use_causal_mask, sliding_window, mask)  # (B, T, L)
-    if _reads_rows(query, cache, length):
-        output, scores = _attend_rows(query, cache, length, visible, scale, dropout, return_scores)
-    else:
-        keys, values = cache[0, :, :length], cache[1, :, :length]  # (B, L, K, H)
-        output, scores = _attend(query, keys, values, visible, scale, dropout, return_scores)
+    keys, values = cache[0, :, :length], cache[1, :, :length]  # (B, length, K, H)
+    output, scores = _attend(query, keys, values, visible, scale, dropout, return_scores)
     if scores is not None and not (isinstance(length, int) and isinstance(slots, int) and length == slots):
         scores = tf.pad(scores, [[0, 0], [0, 0], [0, 0], [0, slots - length]])  # (B, N, T, S)
     return output, scores
