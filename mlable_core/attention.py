@@ -44,6 +44,17 @@ A write that does not fit raises (see ``mlable_core.cache``); under XLA,
 where assertions are dropped, the whole output of the overflowing call is NaN,
 so that the overflow shows instead of passing silently.
 
+Checks: shapes known while tracing are checked in Python (``ValueError`` /
+``TypeError`` naming the argument, the value and the shapes). Sizes known
+only at run time (a ``tf.function`` traced with ``None`` dimensions) are
+checked by graph assertions that the computation depends on, so a mismatched
+batch, length or head size of ``query`` / ``key`` / ``value`` or of
+``attention_mask`` raises a ``tf.errors.InvalidArgumentError`` naming the
+argument and giving the shapes, instead of a raw einsum or broadcast error.
+XLA drops assertions; it compiles every call with static shapes, so there a
+mismatch fails in XLA's own shape checks, which name the op but not the
+argument.
+
 ``ring_attention`` attends over a ring cache of ``W`` slots (a sliding window
 of ``W``): memory ``O(W)`` and static shapes for a generation of any length.
 
@@ -143,26 +154,27 @@ def build_attention_mask(
     return visible
 
 
-def _check_mask_batch(mask: Any, query: tf.Tensor) -> None:
-    """A user mask's batch size must be 1 or the queries' (checked when both are known while tracing)."""
-    if mask is None:
-        return
-    shape = getattr(mask, "shape", None)
-    rows = None if shape is None or len(shape) != 3 else shape[0]
-    batch = query.shape[0]
-    if rows is not None and batch is not None and rows not in (1, batch):
-        raise ValueError(
-            f"`attention_mask` must have shape (B, T, S) with B={batch} (the batch of `query`) or 1. "
-            f"Received: attention_mask with shape {shapes.format_shape(tuple(shape))}, query with shape {shapes.format_shape(query.shape.as_list())}"
-        )
+def _user_mask(
+    mask: Any, query_length: int | tf.Tensor, key_length: int | tf.Tensor, query: tf.Tensor | None = None
+) -> tf.Tensor:
+    """The user mask as booleans, after checking its shape against ``(B, T, S)`` (each may be 1).
 
-
-def _user_mask(mask: tf.Tensor, query_length: int | tf.Tensor, key_length: int | tf.Tensor) -> tf.Tensor:
-    """The user mask as booleans, after checking its static shape against ``(B, T, S)``."""
+    ``B`` is the batch of ``query`` (not checked without it). Sizes known
+    while tracing are checked in Python (``ValueError``); the others by graph
+    assertions with the same information, which the returned mask depends on
+    (XLA drops them: there all shapes are static when compiled, and a
+    mismatch fails in XLA's own shape checks).
+    """
     mask = tf.convert_to_tensor(mask)
     static = shapes.check_rank(mask.shape, 3, "attention_mask", "(B, T, S) with S the key slots")
+    batch = None if query is None else query.shape[0]
     queries = query_length if isinstance(query_length, int) else None
     keys = key_length if isinstance(key_length, int) else None
+    if static[0] is not None and batch is not None and static[0] not in (1, batch):
+        raise ValueError(
+            f"`attention_mask` must have shape (B, T, S) with B={batch} (the batch of `query`) or 1. "
+            f"Received: attention_mask with shape {shapes.format_shape(static)}, query with shape {shapes.format_shape(query.shape)}"
+        )
     bad_queries = static[1] is not None and queries is not None and static[1] not in (1, queries)
     bad_keys = static[2] is not None and keys is not None and static[2] not in (1, keys)
     if bad_queries or bad_keys:
@@ -170,6 +182,19 @@ def _user_mask(mask: tf.Tensor, query_length: int | tf.Tensor, key_length: int |
             f"`attention_mask` must have shape (B, T, S) with T={queries} query positions (or 1) and "
             f"S={keys} key slots (or 1). Received: attention_mask with shape {shapes.format_shape(static)}"
         )
+    sizes = [None if query is None else dynamic_dims(query)[0], query_length, key_length]
+    unknown = [axis for axis in range(3) if sizes[axis] is not None and (static[axis] is None or not isinstance(sizes[axis], int))]
+    if unknown:
+        runtime = tf.shape(mask)
+        fits = [tf.logical_or(tf.equal(runtime[axis], 1), tf.equal(runtime[axis], tf.cast(sizes[axis], tf.int32))) for axis in unknown]
+        message = (
+            "`attention_mask` must have shape (B, T, S), each 1 or the size of the call: B the batch of `query`, T "
+            "the query positions, S the key slots. Received at run time: attention_mask shape, then the sizes of "
+            f"{', '.join('BTS'[axis] for axis in unknown)} ="
+        )
+        checks = _run_time_checks([(tf.reduce_all(fits), [message, runtime] + [sizes[axis] for axis in unknown])])
+        with tf.control_dependencies(checks):
+            mask = tf.identity(mask)
     if mask.dtype == tf.bool:
         return mask
     if mask.dtype.is_floating:
@@ -281,20 +306,22 @@ def _head_scores(query: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
     """Scores ``(B, N, T, S)`` of ``(B, T, N, H)`` queries on ``(B, S, K, H)`` keys of the same dtype."""
     batch, queries, heads, head_dim = dynamic_dims(query)
     groups, slots = key.shape[2], dynamic_dims(key)[1]
-    if query.shape[1] == 1 and groups is not None and query.shape[3] is not None and _block_diagonal(query.shape[2], groups):
+    known = isinstance(heads, int) and groups is not None
+    grouped = known and groups != heads
+    if query.shape[1] == 1 and known and isinstance(head_dim, int) and _block_diagonal(heads, groups):
         # one query (decoding): the keys, seen as (B, S, K * H), multiply a block-diagonal (K * H, N) matrix of
         # the queries (query head n in the block of its key head): one batched matmul scores every head without
         # transposing, repeating or multiplying out the keys
-        blocks = query[:, 0, :, None, :] * _owners(query.shape[2], groups, query.dtype)[None, :, :, None]  # (B, N, K, H), zero outside the own block
+        blocks = query[:, 0, :, None, :] * _owners(heads, groups, query.dtype)[None, :, :, None]  # (B, N, K, H), zero outside the own block
         blocks = tf.transpose(tf.reshape(blocks, [batch, heads, groups * head_dim]), (0, 2, 1))  # (B, K * H, N)
         flat_keys = tf.reshape(key, [batch, slots, groups * head_dim])  # (B, S, K * H), a free reshape
         return tf.transpose(tf.matmul(flat_keys, blocks), (0, 2, 1))[:, :, None]  # (B, N, 1, S)
-    if query.shape[1] == 1:
+    if query.shape[1] == 1 and not grouped:
         # one query under XLA, which fuses the product into the reduction: in the cache layout, no transpose
         scores = tf.reduce_sum(key * query, axis=-1)  # (B, S, N)
         return tf.transpose(scores, (0, 2, 1))[:, :, None]  # (B, N, 1, S)
-    if groups is not None and groups != query.shape[2]:
-        share = query.shape[2] // groups
+    if grouped:
+        share = heads // groups
         grouped = tf.reshape(query, [batch, queries, groups, share, head_dim])  # (B, T, K, N / K, H)
         scores = tf.einsum("btkgh,bskh->bkgts", grouped, key)  # (B, K, N / K, T, S)
         return tf.reshape(scores, reshape_target([batch, heads, queries, slots]))  # (B, N, T, S), head n = k * N / K + g
@@ -306,15 +333,17 @@ def _mix(weights: tf.Tensor, value: tf.Tensor) -> tf.Tensor:
     batch, _, queries, slots = dynamic_dims(weights)
     heads, groups, value_dim = weights.shape[1], value.shape[2], dynamic_dims(value)[3]
     one = weights.shape[2] == 1
-    if one and groups is not None and isinstance(value_dim, int) and _block_diagonal(heads, groups):
+    known = heads is not None and groups is not None
+    grouped = known and groups != heads
+    if one and known and isinstance(value_dim, int) and _block_diagonal(heads, groups):
         # one query: every head weighs the values of every key head, and keeps its own block
         flat_values = tf.reshape(value, [batch, slots, groups * value_dim])  # (B, S, K * Hv)
         every = tf.reshape(tf.matmul(weights[:, :, 0], flat_values), [batch, heads, groups, value_dim])  # (B, N, K, Hv)
         return tf.reduce_sum(every * _owners(heads, groups, weights.dtype)[None, :, :, None], axis=2)[:, None]  # (B, 1, N, Hv)
-    if one:
+    if one and not grouped:
         mixed_slots = tf.transpose(weights[:, :, 0], (0, 2, 1))[..., None]  # (B, S, N, 1)
         return tf.reduce_sum(mixed_slots * value, axis=1, keepdims=True)  # (B, 1, N, Hv)
-    if groups is not None and groups != heads:
+    if grouped:
         share = heads // groups
         grouped = tf.reshape(weights, reshape_target([batch, groups, share, queries, slots]))  # (B, K, N / K, T, S)
         output = tf.einsum("bkgts,bskh->btkgh", grouped, value)  # (B, T, K, N / K, Hv)
@@ -338,7 +367,13 @@ def _owners(heads: int, groups: int, dtype: tf.DType) -> tf.Tensor:
     return tf.one_hot(tf.range(heads) // (heads // groups), groups, dtype=dtype)
 
 
-def _check_qkv(query: tf.Tensor, key: tf.Tensor, value: tf.Tensor) -> None:
+def _check_qkv(query: tf.Tensor, key: tf.Tensor, value: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Checks the shapes and dtypes of ``(B, T, N, H)`` queries and ``(B, S, K, H)`` keys / values.
+
+    Static sizes raise a ``ValueError`` / ``TypeError`` here; sizes known at
+    run time only are asserted in graphs (not under XLA), and the returned
+    tensors depend on those assertions.
+    """
     query_shape = shapes.check_rank(query.shape, 4, "query", "(B, T, N, H)")
     key_shape = shapes.check_rank(key.shape, 4, "key", "(B, S, K, H)")
     value_shape = shapes.check_rank(value.shape, 4, "value", "(B, S, K, H)")
@@ -357,6 +392,39 @@ def _check_qkv(query: tf.Tensor, key: tf.Tensor, value: tf.Tensor) -> None:
             f"value head serves N / K query heads). Received: {text}"
         )
     shapes.check_same_dims({"query H": query_shape[3], "key H": key_shape[3]}, "query and key head sizes H", text)
+    return _with_run_time_checks(query, key, value)
+
+
+def _with_run_time_checks(query: tf.Tensor, key: tf.Tensor, value: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """``query``, ``key``, ``value`` depending on graph assertions for the sizes that must agree but are unknown while tracing."""
+    tensors = {"query": query, "key": key, "value": value}
+    rules = [  # what must agree, and the (argument, axis) of each size
+        ("batch sizes B", [("query", 0), ("key", 0), ("value", 0)]),
+        ("key / value lengths S", [("key", 1), ("value", 1)]),
+        ("query and key head sizes H", [("query", 3), ("key", 3)]),
+    ]
+    conditions = []
+    for what, dims in rules:
+        if all(tensors[name].shape[axis] is not None for name, axis in dims):
+            continue  # checked in Python
+        sizes = [tf.shape(tensors[name])[axis] for name, axis in dims]
+        same = tf.reduce_all(tf.stack([tf.equal(size, sizes[0]) for size in sizes[1:]]))
+        names = ", ".join(f"`{name}`" for name, _ in dims)
+        message = f"The {what} must agree. Received at run time: the shapes of {names} ="
+        conditions.append((same, [message] + [tf.shape(tensors[name]) for name, _ in dims]))
+    checks = _run_time_checks(conditions)
+    if not checks:
+        return query, key, value
+    with tf.control_dependencies(checks):
+        return tf.identity(query), tf.identity(key), tf.identity(value)
+
+
+def _run_time_checks(conditions: Sequence[tuple[tf.Tensor, list[Any]]]) -> list[tf.Operation]:
+    """Graph assertions ``(condition, message and data)``; none eagerly (every size is known, checked in
+    Python) nor under XLA (which drops assertions)."""
+    if tf.executing_eagerly() or in_xla_context():
+        return []
+    return [tf.debugging.Assert(condition, data, summarize=16) for condition, data in conditions]
 
 
 def _scale(query: tf.Tensor, scale: float | tf.Tensor | None) -> float | tf.Tensor:
@@ -419,13 +487,11 @@ def attention(
         >>> attention(q, k, v).shape
         TensorShape([2, 5, 4, 8])
     """
-    query, key, value = (tf.convert_to_tensor(t) for t in (query, key, value))
-    _check_qkv(query, key, value)
-    _check_mask_batch(attention_mask, query)
+    query, key, value = _check_qkv(*(tf.convert_to_tensor(t) for t in (query, key, value)))
     query_length, key_length = dynamic_dims(query)[1], dynamic_dims(key)[1]
-    visible = build_attention_mask(
-        query_length, key_length, 0, None, use_causal_mask, sliding_window, attention_mask
-    )
+    visible = build_attention_mask(query_length, key_length, 0, None, use_causal_mask, sliding_window)  # (1, T, S)
+    if attention_mask is not None:
+        visible &= _user_mask(attention_mask, query_length, key_length, query)  # (B, T, S)
     output, scores = _attend(query, key, value, visible, _scale(query, scale), dropout, return_scores)
     return (output, scores) if return_scores else output
 
@@ -515,8 +581,7 @@ def cached_attention(
     xla = in_xla_context()
     _check_span(span, xla)
     query, key, value, cache = (tf.convert_to_tensor(t) for t in (query, key, value, cache))
-    _check_qkv(query, key, value)
-    _check_mask_batch(attention_mask, query)
+    query, key, value = _check_qkv(query, key, value)
     _check_same_new_positions(query, key)
     new = dynamic_dims(query)[1]
     overflow = None
@@ -528,7 +593,7 @@ def cached_attention(
         if xla:  # XLA drops the overflow assertion: the flag turns the output into NaN instead
             overflow = kv_cache.write_overflows(step, new, dynamic_dims(cache)[2])
     read = functools.partial(
-        _attend_slots, query, cache, step, step + tf.cast(new, tf.int32), _slot_mask(attention_mask, new, cache),
+        _attend_slots, query, cache, step, step + tf.cast(new, tf.int32), _slot_mask(attention_mask, query, cache),
         use_causal_mask, sliding_window, _scale(query, scale), dropout, return_scores,
     )
     span = _resolve_span(span, xla, cache)
@@ -566,9 +631,9 @@ def _check_same_new_positions(query: tf.Tensor, key: tf.Tensor) -> None:
         )
 
 
-def _slot_mask(mask: Any, queries: int | tf.Tensor, cache: tf.Tensor) -> tf.Tensor | None:
+def _slot_mask(mask: Any, query: tf.Tensor, cache: tf.Tensor) -> tf.Tensor | None:
     """The user mask over the cache slots as booleans ``(B, T, S)``, checked against the full slot count."""
-    return None if mask is None else _user_mask(mask, queries, dynamic_dims(cache)[2])
+    return None if mask is None else _user_mask(mask, dynamic_dims(query)[1], dynamic_dims(cache)[2], query)
 
 
 def _attend_slots(
@@ -591,9 +656,9 @@ def _attend_slots(
     """
     slots = dynamic_dims(cache)[2]
     queries = dynamic_dims(query)[1]
+    visible = build_attention_mask(queries, length, step, filled, use_causal_mask, sliding_window)  # (1, T, length)
     if mask is not None:
-        mask = mask[:, :, :length]  # (B, T, L), or (B, T, 1) when it broadcasts over the slots
-    visible = build_attention_mask(queries, length, step, filled, use_causal_mask, sliding_window, mask)  # (B, T, L)
+        visible &= mask[:, :, :length]  # (B, T, length); a mask (B, T, 1) broadcasts over the slots
     keys, values = cache[0, :, :length], cache[1, :, :length]  # (B, length, K, H)
     output, scores = _attend(query, keys, values, visible, scale, dropout, return_scores)
     if scores is not None and not (isinstance(length, int) and isinstance(slots, int) and length == slots):
@@ -670,15 +735,16 @@ def ring_attention(
         TensorShape([2, 1, 4, 2, 8])
     """
     query, key, value, cache = (tf.convert_to_tensor(t) for t in (query, key, value, cache))
-    _check_qkv(query, key, value)
-    _check_mask_batch(attention_mask, query)
+    query, key, value = _check_qkv(query, key, value)
     kv_cache.check_update(cache, key, value)
     window = kv_cache.ring_window(cache)
     step_tensor, step_value = kv_cache.normalize_step(step)
     if step_value is not None and step_value < 0:
         raise ValueError(f"`step` must be >= 0. Received: step={step_value}")
     new = dynamic_dims(query)[1]
-    visible = _ring_mask(step_tensor, new, window, use_causal_mask, attention_mask)  # (B, T, W + T)
+    visible = _ring_mask(step_tensor, new, window, use_causal_mask)  # (1, T, W + T)
+    if attention_mask is not None:
+        visible &= _user_mask(attention_mask, new, window + new, query)  # (B, T, W + T)
     keys = tf.concat([cache[0], key], axis=1)  # (B, W + T, K, H)
     values = tf.concat([cache[1], value], axis=1)
     output, scores = _attend(query, keys, values, visible, _scale(query, scale), dropout, return_scores)
@@ -686,8 +752,8 @@ def ring_attention(
     return (output, scores, cache) if return_scores else (output, cache)
 
 
-def _ring_mask(step: tf.Tensor, new: int | tf.Tensor, window: int, use_causal_mask: bool, mask: Any) -> tf.Tensor:
-    """Which of the ``W`` ring slots and ``T`` new positions each new query sees: ``(1 or B, T, W + T)``."""
+def _ring_mask(step: tf.Tensor, new: int | tf.Tensor, window: int, use_causal_mask: bool) -> tf.Tensor:
+    """Which of the ``W`` ring slots and ``T`` new positions each new query sees: ``(1, T, W + T)``."""
     queries = step + tf.range(new, dtype=tf.int32)  # (T,) absolute positions of the new queries
     held = kv_cache.ring_positions(step, window)  # (W,)
     positions = tf.concat([held, queries], axis=0)  # (W + T,)
@@ -696,11 +762,7 @@ def _ring_mask(step: tf.Tensor, new: int | tf.Tensor, window: int, use_causal_ma
     visible = written[None, :] & (tf.abs(distance) < window)
     if use_causal_mask:
         visible &= distance >= 0
-    visible = visible[None]  # (1, T, W + T)
-    if mask is not None:
-        static_new = new if isinstance(new, int) else None
-        visible &= _user_mask(mask, static_new, None if static_new is None else window + static_new)
-    return visible
+    return visible[None]  # (1, T, W + T)
 
 
 __all__ = [

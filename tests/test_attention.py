@@ -662,3 +662,64 @@ def test_half_precision_block_scores_have_gradients():
         np.testing.assert_allclose(tf.cast(got, tf.float64).numpy(), want.numpy(), atol=0.05, rtol=0.02)
     compiled = tf.function(lambda q, k, v: tf.gradients(loss(q, k, v), [q, k])[1], jit_compile=True)
     np.testing.assert_allclose(tf.cast(compiled(q, k, v), tf.float64).numpy(), expected[1].numpy(), atol=0.05, rtol=0.02)
+
+
+# sizes known at run time only -----------------------------------------------------------------
+
+_ANY = tf.TensorSpec([None, None, None, 4])  # H known: it sets the default scale
+_ANY_H = tf.TensorSpec([None, None, None, None])
+
+
+def _graph(fn, *specs):
+    return tf.function(fn, input_signature=list(specs))
+
+
+RUN_TIME_ERRORS = [
+    (  # query and key batches
+        _graph(lambda q, k, v: attention.attention(q, k, v), _ANY, _ANY, _ANY),
+        (np.ones((2, 3, 2, 4)), np.ones((3, 3, 2, 4)), np.ones((3, 3, 2, 4))),
+        r"The batch sizes B must agree\. Received at run time: the shapes of `query`, `key`, `value` =.*\[2 3 2 4\].*\[3 3 2 4\]",
+    ),
+    (  # key and value lengths
+        _graph(lambda q, k, v: attention.attention(q, k, v, use_causal_mask=False), _ANY, _ANY, _ANY),
+        (np.ones((2, 3, 2, 4)), np.ones((2, 5, 2, 4)), np.ones((2, 4, 2, 4))),
+        r"The key / value lengths S must agree\. Received at run time: the shapes of `key`, `value` =.*\[2 5 2 4\].*\[2 4 2 4\]",
+    ),
+    (  # query and key head sizes
+        _graph(lambda q, k, v: attention.attention(q, k, v), _ANY, _ANY_H, _ANY_H),
+        (np.ones((2, 3, 2, 4)), np.ones((2, 3, 2, 5)), np.ones((2, 3, 2, 5))),
+        r"The query and key head sizes H must agree\. Received at run time: the shapes of `query`, `key` =",
+    ),
+    (  # the batch of the mask
+        _graph(lambda q, m: attention.attention(q, q, q, attention_mask=m), _ANY, tf.TensorSpec([None, None, None], tf.bool)),
+        (np.ones((2, 3, 2, 4)), np.ones((3, 3, 3), bool)),
+        r"`attention_mask` must have shape \(B, T, S\), each 1 or the size of the call: B the batch of `query`.* Received at run time: attention_mask shape, then the sizes of B, T, S =.*\[3 3 3\].*2",
+    ),
+    (  # the key length of the mask, over the slots of a cache
+        _graph(lambda q, m: attention.cached_attention(q, q, q, tf.zeros((2, 2, 8, 2, 4)), 0, attention_mask=m)[0], _ANY, tf.TensorSpec([None, None, None], tf.bool)),
+        (np.ones((2, 3, 2, 4)), np.ones((2, 3, 5), bool)),
+        r"`attention_mask` must have shape \(B, T, S\).* Received at run time: attention_mask shape, then the sizes of B, T, S =.*\[2 3 5\].*\[8\]",
+    ),
+    (  # the query length of the mask, ring cache
+        _graph(lambda q, m: attention.ring_attention(q, q, q, tf.zeros((2, 1, 4, 2, 4)), 0, attention_mask=m)[0], tf.TensorSpec([1, None, 2, 4]), tf.TensorSpec([1, None, None], tf.bool)),
+        (np.ones((1, 3, 2, 4)), np.ones((1, 2, 7), bool)),
+        r"`attention_mask` must have shape \(B, T, S\).* Received at run time: attention_mask shape, then the sizes of T, S =.*\[1 2 7\].*3.*7",
+    ),
+]
+
+
+@pytest.mark.parametrize("fn,inputs,message", RUN_TIME_ERRORS)
+def test_sizes_known_at_run_time_only_are_asserted_with_the_argument_names(fn, inputs, message):
+    inputs = [tf.constant(item, tf.bool if item.dtype == bool else tf.float32) for item in inputs]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        fn(*inputs)
+
+
+def test_run_time_checks_pass_matching_sizes_and_add_nothing_when_sizes_are_static():
+    rng = np.random.default_rng(60)
+    q, k, v = random_qkv(rng, 2, 3, 2, 4)
+    mask = rng.integers(0, 2, size=(1, 3, 3)).astype(bool)
+    graph = _graph(lambda q, k, v, m: attention.attention(q, k, v, attention_mask=m), _ANY, _ANY, _ANY, tf.TensorSpec([None, None, None], tf.bool))
+    np.testing.assert_allclose(graph(q, k, v, mask).numpy(), attention.attention(q, k, v, attention_mask=mask).numpy(), atol=1e-6)
+    static = tf.function(lambda q, k, v: attention.attention(q, k, v)).get_concrete_function(q, k, v).graph
+    assert not [op for op in static.get_operations() if op.type == "Assert"]
