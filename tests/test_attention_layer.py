@@ -398,3 +398,58 @@ def test_mixed_precision_scores_past_float16_range_match_float64(policy):
         got = tf.cast(got, tf.float64).numpy()
         assert np.all(np.isfinite(got))
         np.testing.assert_allclose(got, expected, atol=tolerance * np.abs(expected).max())
+
+
+_X = data(2, 3, WIDTH)
+_Q = data(2, 3, 3, 4)
+
+
+def _windowed(window: int) -> CachedMultiHeadAttention:
+    if "sliding_window" not in CachedMultiHeadAttention(num_heads=HEADS, key_dim=HEAD_DIM).get_config():
+        pytest.skip(f"Keras {keras.__version__} has no sliding_window")
+    return CachedMultiHeadAttention(num_heads=HEADS, key_dim=HEAD_DIM, sliding_window=window)
+
+
+BAD_INPUTS = [
+    (lambda: _windowed(True), ValueError, r"`sliding_window` must be `None` or a positive integer\. Received: sliding_window=True"),
+    (lambda: _windowed(0), ValueError, r"`sliding_window` must be `None` or a positive integer\. Received: sliding_window=0"),
+    (
+        lambda: _windowed(4)(_X, _X, cache=attention.create_cache(2, 3, HEADS, HEAD_DIM), step=0), ValueError,
+        r"With sliding_window=4, a cache needs exactly 4 slots \(a ring buffer.*or at least 4.*Received: cache with shape \(2, 2, 3, 2, 4\)",
+    ),
+    (
+        lambda: CachedMultiHeadAttention(num_heads=HEADS, key_dim=HEAD_DIM)(_X, _X, cache=attention.create_cache(2, 6, 1, HEAD_DIM), step=0),
+        ValueError, r"`cache` must have shape \(2, B, S, N=2, H=4\)\. Received: cache with shape \(2, 2, 6, 1, 4\)",
+    ),
+    (
+        lambda: CachedMultiHeadAttention(num_heads=HEADS, key_dim=HEAD_DIM, rotary=True)(_X, _X, positions=np.zeros((3, 3))),
+        ValueError, r"`positions`.*\(B, S\).*Received: positions with shape \(3, 3\)",
+    ),
+    (
+        lambda: CachedMultiHeadAttention(num_heads=HEADS, key_dim=HEAD_DIM, rotary=True)(_X, _X, positions=np.zeros((2, 3, 1))),
+        ValueError, r"`positions` must have shape \(S,\).*or \(B, S\).*Received: positions with shape \(2, 3, 1\)",
+    ),
+    (
+        lambda: CachedMultiHeadAttention(num_heads=HEADS, key_dim=HEAD_DIM, rotary=True)(_X, _X, positions=np.zeros(3, np.complex64)),
+        TypeError, r"`positions` must be an integer or float tensor of shape \(S,\) or \(B, S\)",
+    ),
+    (
+        lambda: attention.attention(_Q, _Q[:, :, :2], _Q[:, :, :2]), ValueError,
+        r"The key / value head count K must divide the query head count N.*Received: query \(2, 3, 3, 4\), key \(2, 3, 2, 4\)",
+    ),
+    (
+        lambda: attention.ring_attention(_Q, _Q, _Q, attention.create_cache(2, 4, 2, 4), 0), ValueError,
+        r"The key / value head counts K must agree: cache K=2, key K=3, value K=3\. Received: cache \(2, 2, 4, 2, 4\)",
+    ),
+    (lambda: attention.ring_attention(_Q, _Q, _Q, attention.create_cache(2, 4, 3, 4), -1), ValueError, r"`step` must be >= 0\. Received: step=-1"),
+    (
+        lambda: attention.cached_attention(_Q, _Q, _Q, attention.create_cache(2, 4, 3, 4), 0, sliding_window=0), ValueError,
+        r"`sliding_window` must be an int >= 1\. Received: sliding_window=0",
+    ),
+]
+
+
+@pytest.mark.parametrize("call,error,message", BAD_INPUTS)
+def test_bad_inputs_name_the_argument_the_value_and_the_shape(call, error, message):
+    with pytest.raises(error, match=message):
+        call()

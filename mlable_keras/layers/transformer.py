@@ -197,6 +197,8 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 expected = "a positive integer or `None`" if optional else "a positive integer"
                 raise ValueError(f"Received an invalid value for argument `{name}`, expected {expected}. Received: {name}={value!r}")
+        if isinstance(kwargs.get("sliding_window"), bool):  # Keras takes True for a window of 1
+            raise ValueError(f"`sliding_window` must be `None` or a positive integer. Received: sliding_window={kwargs['sliding_window']!r}")
         if num_key_value_heads is not None:
             if isinstance(num_key_value_heads, bool) or not isinstance(num_key_value_heads, int) or num_key_value_heads <= 0:
                 raise ValueError(
@@ -402,6 +404,13 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
             visible = attention.build_attention_mask(queries, slots, 0, None, False, None, mask)
             mixed, scores = self._compute_attention(query, cache[0], cache[1], visible, training, return_attention_scores)
             return mixed, scores, cache
+        slots = cache.shape[2]
+        if sliding_window is not None and step is not None and slots is not None and slots < sliding_window:
+            raise ValueError(
+                f"With sliding_window={sliding_window}, a cache needs exactly {sliding_window} slots (a ring buffer, for "
+                f"generation of any length) or at least {sliding_window} (positions in slots, the window as a mask). "
+                f"Received: cache with shape {shapes.format_shape(cache.shape)}"
+            )
         if overridden:
             # the user's attention step over the whole cache, with a mask over the filled slots
             queries = reshaping.dynamic_dims(query)[1]
