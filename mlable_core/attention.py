@@ -66,8 +66,7 @@ float16 product would overflow: 64 entries of 100 give 640000, past float16's
 that copy is no larger than the float32 scores the softmax holds anyway
 (``K * H <= N * T``, e.g. prefill and training), else one block of
 ``SCORE_BLOCK`` slots at a time (decoding): a cache is never copied whole to
-float32. Measured on CPU, this costs about as much as the float16 product did
-(see the README's Performance section).
+float32.
 """
 
 from __future__ import annotations
