@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mlable_core import attention
+from mlable_core import cache as kv_cache
 from tests import strategies
 
 # independent numpy references ---------------------------------------------------------------
@@ -118,6 +119,25 @@ def test_update_in_a_graph_with_unknown_dims_and_under_xla():
     compiled = tf.function(attention.update_cache, jit_compile=True)
     for fn in (graph, compiled):
         np.testing.assert_array_equal(fn(cache, key, value, tf.constant(4)).numpy(), expected)
+
+
+@given(st.integers(1, 6), st.lists(st.integers(1, 9), min_size=1, max_size=4), st.integers(0, 2**16))
+def test_ring_cache_holds_the_latest_position_of_each_slot(window, chunks, seed):
+    rng = np.random.default_rng(seed)
+    length = sum(chunks)
+    keys = rng.normal(size=(2, length, 1, 3)).astype("float32")
+    ring, position = kv_cache.create_cache(2, window, 1, 3), 0
+    for size in chunks:  # chunks longer than the window included
+        part = keys[:, position : position + size]
+        ring = kv_cache.update_ring_cache(ring, part, 2 * part, position)
+        position += size
+    # a plain loop: slot j holds the last position p < length with p % W == j, or nothing (any negative value)
+    latest = [max((p for p in range(length) if p % window == j), default=-1) for j in range(window)]
+    np.testing.assert_array_equal(np.maximum(kv_cache.ring_positions(tf.constant(length), window).numpy(), -1), latest)
+    for slot, held in enumerate(latest):
+        expected = keys[:, held] if held >= 0 else np.zeros((2, 1, 3))
+        np.testing.assert_array_equal(ring[0, :, slot].numpy(), expected)
+        np.testing.assert_array_equal(ring[1, :, slot].numpy(), 2 * expected)
 
 
 # masks --------------------------------------------------------------------------------------
@@ -723,3 +743,11 @@ def test_run_time_checks_pass_matching_sizes_and_add_nothing_when_sizes_are_stat
     np.testing.assert_allclose(graph(q, k, v, mask).numpy(), attention.attention(q, k, v, attention_mask=mask).numpy(), atol=1e-6)
     static = tf.function(lambda q, k, v: attention.attention(q, k, v)).get_concrete_function(q, k, v).graph
     assert not [op for op in static.get_operations() if op.type == "Assert"]
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    for module in (attention, kv_cache):
+        result = doctest.testmod(module, extraglobs={"tf": tf}, optionflags=doctest.NORMALIZE_WHITESPACE)
+        assert result.failed == 0 and result.attempted > 5, (module.__name__, result)

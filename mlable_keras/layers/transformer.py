@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from mlable_core import attention, reshaping, rotary, shapes
+from mlable_core import cache as kv_cache
 from mlable_keras import _compat
 
 _ROTARY_KEYS = ("max_wavelength", "scaling_factor", "interleaved")
@@ -179,7 +180,7 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
         >>> x = tf.random.normal((2, 10, 64))
         >>> layer(x, x).shape  # plain causal self-attention
         TensorShape([2, 10, 64])
-        >>> cache = mlable_core.attention.create_cache(batch_size=2, cache_length=32, num_heads=4, head_dim=16)
+        >>> cache = mlable_core.cache.create_cache(batch_size=2, cache_length=32, num_heads=4, head_dim=16)
         >>> outputs, cache = layer(x, x, cache=cache, step=0)  # prefill 10 positions
         >>> outputs, cache = layer(x[:, :1], x[:, :1], cache=cache, step=10)  # decode the 11th
         >>> outputs.shape
@@ -283,7 +284,7 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
         if step is not None and cache is None:
             raise ValueError(
                 f"`step` is only meaningful with a `cache`. Received: step={step!r} and cache=None; "
-                "allocate one with mlable_core.attention.create_cache"
+                "allocate one with mlable_core.cache.create_cache"
             )
         if read_only_cache and cache is None:
             raise ValueError("`read_only_cache=True` needs a `cache` (from `compute_cache(value, key)`). Received: cache=None")
@@ -415,9 +416,9 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
             # the user's attention step over the whole cache, with a mask over the filled slots
             queries = reshaping.dynamic_dims(query)[1]
             if step is None:
-                cache, step = attention.append_cache(cache, key, value)
+                cache, step = kv_cache.append_cache(cache, key, value)
             else:
-                cache = attention.update_cache(cache, key, value, step)
+                cache = kv_cache.update_cache(cache, key, value, step)
             slots = reshaping.dynamic_dims(cache)[2]
             filled = tf.cast(step, tf.int32) + tf.cast(queries, tf.int32)
             visible = attention.build_attention_mask(queries, slots, step, filled, use_causal_mask, sliding_window, mask)
