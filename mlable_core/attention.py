@@ -153,27 +153,35 @@ def build_attention_mask(
     return visible
 
 
+def _check_mask_batch(mask: Any, query: tf.Tensor) -> None:
+    """A user mask's batch size must be 1 or the batch of ``query`` (checked when both are known while tracing)."""
+    shape = getattr(mask, "shape", None)
+    rows = None if shape is None or len(shape) != 3 else shape[0]
+    batch = query.shape[0]
+    if rows is not None and batch is not None and rows not in (1, batch):
+        raise ValueError(
+            f"`attention_mask` must have shape (B, T, S) with B={batch} (the batch of `query`) or 1. "
+            f"Received: attention_mask with shape {shapes.format_shape(tuple(shape))}, query with shape {shapes.format_shape(query.shape)}"
+        )
+
+
 def _user_mask(
     mask: Any, query_length: int | tf.Tensor, key_length: int | tf.Tensor, query: tf.Tensor | None = None
 ) -> tf.Tensor:
     """The user mask as booleans, after checking its shape against ``(B, T, S)`` (each may be 1).
 
-    ``B`` is the batch of ``query`` (not checked without it). Sizes known
-    while tracing are checked in Python (``ValueError``); the others by graph
-    assertions with the same information, which the returned mask depends on
-    (XLA drops them: there all shapes are static when compiled, and a
-    mismatch fails in XLA's own shape checks).
+    Sizes known while tracing are checked in Python (``ValueError``). With
+    ``query`` (whose batch is ``B``), the sizes known only at run time are
+    checked too, by graph assertions with the same information, which the
+    returned mask depends on (XLA drops them: there all shapes are static
+    when compiled, and a mismatch fails in XLA's own shape checks).
     """
     mask = tf.convert_to_tensor(mask)
     static = shapes.check_rank(mask.shape, 3, "attention_mask", "(B, T, S) with S the key slots")
-    batch = None if query is None else query.shape[0]
+    if query is not None:
+        _check_mask_batch(mask, query)
     queries = query_length if isinstance(query_length, int) else None
     keys = key_length if isinstance(key_length, int) else None
-    if static[0] is not None and batch is not None and static[0] not in (1, batch):
-        raise ValueError(
-            f"`attention_mask` must have shape (B, T, S) with B={batch} (the batch of `query`) or 1. "
-            f"Received: attention_mask with shape {shapes.format_shape(static)}, query with shape {shapes.format_shape(query.shape)}"
-        )
     bad_queries = static[1] is not None and queries is not None and static[1] not in (1, queries)
     bad_keys = static[2] is not None and keys is not None and static[2] not in (1, keys)
     if bad_queries or bad_keys:
@@ -181,7 +189,7 @@ def _user_mask(
             f"`attention_mask` must have shape (B, T, S) with T={queries} query positions (or 1) and "
             f"S={keys} key slots (or 1). Received: attention_mask with shape {shapes.format_shape(static)}"
         )
-    sizes = [None if query is None else dynamic_dims(query)[0], query_length, key_length]
+    sizes = [None, None, None] if query is None else [dynamic_dims(query)[0], query_length, key_length]
     unknown = [axis for axis in range(3) if sizes[axis] is not None and (static[axis] is None or not isinstance(sizes[axis], int))]
     if unknown:
         runtime = tf.shape(mask)
@@ -366,12 +374,11 @@ def _owners(heads: int, groups: int, dtype: tf.DType) -> tf.Tensor:
     return tf.one_hot(tf.range(heads) // (heads // groups), groups, dtype=dtype)
 
 
-def _check_qkv(query: tf.Tensor, key: tf.Tensor, value: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Checks the shapes and dtypes of ``(B, T, N, H)`` queries and ``(B, S, K, H)`` keys / values.
+def _check_qkv(query: tf.Tensor, key: tf.Tensor, value: tf.Tensor) -> None:
+    """Checks the static shapes and dtypes of ``(B, T, N, H)`` queries and ``(B, S, K, H)`` keys / values.
 
-    Static sizes raise a ``ValueError`` / ``TypeError`` here; sizes known at
-    run time only are asserted in graphs (not under XLA), and the returned
-    tensors depend on those assertions.
+    ``ValueError`` / ``TypeError`` for what is known while tracing; the sizes
+    known only at run time are for ``_with_run_time_checks``.
     """
     query_shape = shapes.check_rank(query.shape, 4, "query", "(B, T, N, H)")
     key_shape = shapes.check_rank(key.shape, 4, "key", "(B, S, K, H)")
@@ -391,7 +398,6 @@ def _check_qkv(query: tf.Tensor, key: tf.Tensor, value: tf.Tensor) -> tuple[tf.T
             f"value head serves N / K query heads). Received: {text}"
         )
     shapes.check_same_dims({"query H": query_shape[3], "key H": key_shape[3]}, "query and key head sizes H", text)
-    return _with_run_time_checks(query, key, value)
 
 
 def _with_run_time_checks(query: tf.Tensor, key: tf.Tensor, value: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -486,7 +492,9 @@ def attention(
         >>> attention(q, k, v).shape
         TensorShape([2, 5, 4, 8])
     """
-    query, key, value = _check_qkv(*(tf.convert_to_tensor(t) for t in (query, key, value)))
+    query, key, value = (tf.convert_to_tensor(t) for t in (query, key, value))
+    _check_qkv(query, key, value)
+    query, key, value = _with_run_time_checks(query, key, value)
     query_length, key_length = dynamic_dims(query)[1], dynamic_dims(key)[1]
     visible = build_attention_mask(query_length, key_length, 0, None, use_causal_mask, sliding_window)  # (1, T, S)
     if attention_mask is not None:
@@ -542,10 +550,12 @@ def cached_attention(
         query: ``(B, T, N, H)`` projected queries.
         key: ``(B, T, K, H)`` projected keys of the same ``T`` positions (``K`` divides ``N``).
         value: ``(B, T, K, H)`` projected values.
-        cache: ``(2, B, S, K, H)`` in the dtype of the projections.
+        cache: ``(2, B, S, K, H)`` in the dtype of the projections; a tensor,
+            or a ``tf.Variable``, written in place and returned as is (for a
+            decode step called from Python: see ``mlable_core.cache``).
         step: absolute position of the first new position (Python int or int
             scalar tensor); ``None`` appends after the existing slots (the
-            cache grows by ``T``, and every slot counts as filled).
+            cache grows by ``T``, and every slot counts as filled; not for a variable).
         attention_mask: optional boolean ``(B, T, S)`` over the cache slots
             (with ``step=None``: over the ``S + T`` slots after the append).
         use_causal_mask: query ``i`` sees slots ``<= step + i`` only.
@@ -579,8 +589,13 @@ def cached_attention(
     """
     xla = in_xla_context()
     _check_span(span, xla)
-    query, key, value, cache = (tf.convert_to_tensor(t) for t in (query, key, value, cache))
-    query, key, value = _check_qkv(query, key, value)
+    variable = cache if isinstance(cache, tf.Variable) else None
+    if variable is not None and step is None:
+        kv_cache.reject_variable(variable, "appending (step=None)")
+    query, key, value = (tf.convert_to_tensor(t) for t in (query, key, value))
+    _check_qkv(query, key, value)
+    query, key, value = _with_run_time_checks(query, key, value)
+    cache = variable if variable is not None else tf.convert_to_tensor(cache)
     _check_same_new_positions(query, key)
     new = dynamic_dims(query)[1]
     overflow = None
@@ -588,6 +603,8 @@ def cached_attention(
         cache, step = append_cache(cache, key, value)  # (2, B, S + T, K, H), step = S
     else:
         cache = update_cache(cache, key, value, step)  # (2, B, S, K, H)
+        if variable is not None:
+            cache = tf.convert_to_tensor(variable)  # read after the write (ordered on the resource); no copy
         step = kv_cache.normalize_step(step)[0]
         if xla:  # XLA drops the overflow assertion: the flag turns the output into NaN instead
             overflow = kv_cache.write_overflows(step, new, dynamic_dims(cache)[2])
@@ -602,6 +619,8 @@ def cached_attention(
         output, scores = read(step + tf.cast(new, tf.int32) if span == "filled" else dynamic_dims(cache)[2])
     if overflow is not None:
         output = tf.where(overflow, tf.constant(float("nan"), output.dtype), output)
+    if variable is not None:
+        cache = variable
     return (output, scores, cache) if return_scores else (output, cache)
 
 
@@ -733,8 +752,10 @@ def ring_attention(
         >>> ring.shape
         TensorShape([2, 1, 4, 2, 8])
     """
+    kv_cache.reject_variable(cache, "a ring cache")
     query, key, value, cache = (tf.convert_to_tensor(t) for t in (query, key, value, cache))
-    query, key, value = _check_qkv(query, key, value)
+    _check_qkv(query, key, value)
+    query, key, value = _with_run_time_checks(query, key, value)
     kv_cache.check_update(cache, key, value)
     window = kv_cache.ring_window(cache)
     step_tensor, step_value = kv_cache.normalize_step(step)
