@@ -113,7 +113,7 @@ def _loop_functions(ours: keras.layers.Layer, hub: keras.layers.Layer | None, x:
     @tf.function(jit_compile=True)
     def hub_loop(cache: tf.Tensor, position: tf.Tensor, steps: tf.Tensor) -> tf.Tensor:
         # keras-hub attends to every slot unless told otherwise: give it the causal mask over the slots
-        mask = tf.broadcast_to(tf.range(slots)[None, None, :] <= position, (batch, 1, slots))  # (B, F=1, T)
+        mask = tf.broadcast_to(tf.range(slots)[None, None, :] <= position, (batch, 1, slots))  # (B, T=1, S)
 
         def body(index, cache, total):
             outputs, cache = hub(x, x, cache=cache, cache_update_index=position, attention_mask=mask)
@@ -174,7 +174,7 @@ def run(quick: bool = False) -> list[timing.Row]:
     ours, hub = _layers(batch, width, heads, head_dim)
     x = tf.random.normal((batch, 1, width))
     ours_cache, hub_cache = caches(batch, slots, heads, head_dim)  # (2, B, S, N, H), keras-hub's (B, 2, S, N, H)
-    shape = f"B={batch} d={width} {heads}x{head_dim} T={slots}"
+    shape = f"B={batch} d={width} {heads}x{head_dim} S={slots}"
     ours_loop, hub_loop = _loop_functions(ours, hub, x, slots)
 
     ours_graph = tf.function(lambda cache, step: ours(x, x, cache=cache, step=step)[0])
@@ -236,7 +236,7 @@ def _grouped_query_rows(batch, width, heads, head_dim, slots, filled, repeats, t
     read = 2 * batch * (filled + 1) * kv_heads * head_dim * 4
     return [
         timing.row(
-            "attention", f"decode 1 token, GQA K={kv_heads}", f"B={batch} d={width} {heads}x{head_dim} T={slots} filled={filled}",
+            "attention", f"decode 1 token, GQA K={kv_heads}", f"B={batch} d={width} {heads}x{head_dim} S={slots} filled={filled}",
             "float32", "xla loop (marginal)", gqa_t, f"our MHA N={heads}", mha_t, "<= 0.5x time, cache <= 1/4", read,
             note=f"cache {cache_bytes['gqa'] / 2**20:.1f} MiB vs {cache_bytes['mha'] / 2**20:.1f} MiB ({cache_bytes['gqa'] / cache_bytes['mha']:.2f}x)",
             extra={"filled": filled, "slots": slots, "cache_bytes": cache_bytes},
@@ -286,7 +286,7 @@ def _rotary_rows(batch, width, heads, head_dim, slots, filled_levels, repeats, t
         )
         rows.append(
             timing.row(
-                "attention", "decode 1 token, rotary=True", f"B={batch} d={width} {heads}x{head_dim} T={slots} filled={filled}",
+                "attention", "decode 1 token, rotary=True", f"B={batch} d={width} {heads}x{head_dim} S={slots} filled={filled}",
                 "float32", "rope xla loop (marginal)", rope_t, "the same layer without RoPE", plain_t, "<= 1.1x",
                 2 * batch * (filled + 1) * heads * head_dim * 4, extra={"filled": filled, "slots": slots},
             )

@@ -134,7 +134,7 @@ def test_every_keras_mask_combination_matches_keras(masked, causal):
     query, value, key = inputs()
     expected, expected_scores = twin(query, value, key=key, use_causal_mask=causal, return_attention_scores=True)
     # rows that see at least one key equal Keras'; a row that sees none is all zero here (uniform in Keras)
-    seen = np.asarray(scores).sum(-1) > 0.5  # (B, N, F)
+    seen = np.asarray(scores).sum(-1) > 0.5  # (B, N, T)
     rows = seen.all(1)  # (B, T)
     assert rows.any()
     np.testing.assert_allclose(np.asarray(outputs)[rows], np.asarray(expected)[rows], atol=1e-5)
