@@ -251,7 +251,9 @@ def _attend(
     """
     dtype = query.dtype
     accumulator = tf.float64 if dtype == tf.float64 else tf.float32
-    query = tf.cast(query, accumulator) * tf.cast(scale, accumulator)  # (B, T, N, H), small: cast once
+    # a Python float goes straight to the accumulator dtype (tf.cast would round it through float32 first)
+    scale = tf.constant(scale, accumulator) if isinstance(scale, float) else tf.cast(scale, accumulator)
+    query = tf.cast(query, accumulator) * scale  # (B, T, N, H), small: cast once
     scores = _scores(query, key)  # (B, N, T, S) in the accumulator dtype
     weights = _masked_softmax(scores, visible[:, None], dtype)  # (B, N, T, S)
     mixed = weights if dropout is None else dropout(weights)

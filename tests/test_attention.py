@@ -375,6 +375,17 @@ def test_xla_updates_the_cache_in_place_inside_a_compiled_loop():
     assert np.isfinite(total.numpy())
 
 
+def test_float64_inputs_keep_float64_precision_with_the_default_scale():
+    # H = 3: 1 / sqrt(3) is not a float32 number; rounding the scale through float32 costs about 1e-8
+    rng = np.random.default_rng(11)
+    q, k, v = random_qkv(rng, 2, 5, 2, 3, dtype="float64")
+    q = q * 8.0  # large scores, so that a scale error shows in the softmax
+    expected, weights = naive_attention(q, k, v, loop_mask(5, 5)[None])
+    output, scores = attention.attention(q, k, v, return_scores=True)
+    np.testing.assert_allclose(scores.numpy(), weights, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(output.numpy(), expected, rtol=0, atol=1e-13)
+
+
 def test_gradients_match_finite_differences_in_float64():
     rng = np.random.default_rng(9)
     q, k, v = random_qkv(rng, 1, 3, 2, 2, dtype="float64")
