@@ -4,21 +4,41 @@ Every op works over the LAST axis (``V``, the vocabulary: e.g. 256 byte values)
 of a tensor of any leading shape (``...``), eagerly, in ``tf.function`` and
 under ``jit_compile=True`` (e.g. inside the ``tf.while_loop`` of a compiled
 generation loop); shapes stay static. Logits may contain ``-inf`` (forbidden
-indices), never NaN.
+indices), never NaN or ``+inf``.
 
-Randomness is stateless: ``seed`` is a shape ``(2,)`` int32 / int64 tensor and
-the same seed gives the same samples, call after call. A generation loop
-derives one seed per step, e.g. ``tf.random.experimental.stateless_fold_in(seed, step)``.
-Top-k keeps exactly ``k`` logits (on ties, the lower index first, as
-``tf.math.top_k``); top-p keeps the smallest prefix of the sorted logits whose
-probability reaches ``p``, and the logits tied with its last one;
-``candidates`` shows what is kept. Sampling is the Gumbel-max trick: ``argmax(logits + g)`` with
-``g = -log(-log(u))`` and ``u`` uniform from ``tf.random.stateless_uniform``
-(Philox), which draws exactly from ``softmax(logits)``; with top-k / top-p the
-noise is only drawn for the kept candidates. Note that TensorFlow's
-stateless generators give a different (equally distributed) stream under XLA
-than outside it, so a compiled call and an eager call with the same seed may
-pick different indices; each is reproducible on its own.
+What ``sample`` keeps: top-k keeps exactly ``k`` logits (on ties, the lower
+index first, as ``tf.math.top_k``); top-p keeps the smallest prefix of the
+sorted logits whose probability reaches ``p``, and the logits tied with its
+last one, i.e. every index whose logit is >= a threshold; ``candidates``
+shows the kept set. The index is drawn from the kept probabilities,
+renormalised, exactly (up to float rounding).
+
+How: one uniform per row drawn by inverse CDF, no noise per logit and no sort
+of the vocabulary. The rows are cut into blocks of about ``sqrt(V)`` logits;
+one pass computes ``softmax`` and the mass of every block, the uniform picks a
+block from the block masses, then an index inside the block. Top-k finds its
+``k`` logits among the ``k`` blocks with the largest maxima (a block-max pass,
+then ``tf.math.top_k`` on a twentieth of the vocabulary). Top-p is rejection
+sampling: an index drawn from the whole softmax is kept when the probability
+of the logits strictly above it is below ``p`` (which is exactly the nucleus
+rule), else the row draws again; at least a fraction ``p`` of the draws are
+kept. Small vocabularies (``V <= SMALL_VOCABULARY``) and top-k candidates are
+sorted instead, which is cheap there.
+
+Randomness is stateless and counter-based: ``seed`` is an int32 / int64 tensor
+of shape ``(2,)`` (one seed for the call; row ``r`` of the flattened leading
+axes uses counter ``r``) or ``(*prefix, 2)`` where ``prefix`` is a leading
+prefix of ``logits.shape[:-1]`` (one seed per row of the prefix, e.g.
+``(B, 2)`` for logits ``(B, 4, 256)``; the rows below a seed use counters
+``0, 1, ...``). The uniforms come from the splitmix64 finalizer of
+``(seed, counter, draw)``, in int64 arithmetic, so the same seed gives the same
+samples eagerly, in a graph and under XLA, and a row's sample depends only on
+its seed, its counter and its own logits: a row sampled alone equals the same
+row inside a batch (with per-row seeds). Eager and compiled calls may round
+``softmax`` differently in the last bit, which changes a draw only when the
+uniform falls within that rounding of a boundary between two indices. A
+generation loop derives one seed per step, e.g.
+``tf.random.experimental.stateless_fold_in(seed, step)``.
 """
 
 from __future__ import annotations
@@ -31,12 +51,24 @@ import numpy as np
 import tensorflow as tf
 
 from mlable_core import shapes
-from mlable_core.reshaping import dynamic_dims
+from mlable_core.reshaping import dynamic_dims, reshape_target
 
 # int32 outputs hold at most 31 bits
 MAX_DEPTH = 31
-# top-p looks for the nucleus among this many largest logits first, and among all only when it is larger
-NUCLEUS_CANDIDATES = 1024
+# at most this many choices per row: sample by sorting (top-p) or by one cumulative sum over the row
+SMALL_VOCABULARY = 2048
+# top-p: rows still drawing after the first round are handled this many at a time
+RETRY_ROWS = 8
+# top-p: the most draws a retried row makes per round
+RETRY_DRAWS = 8
+# the block size of the block path when the vocabulary is only known at run time
+DYNAMIC_BLOCK = 256
+
+# splitmix64 constants, as signed int64 (not every device multiplies uint64)
+_GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15
+_MIX_FIRST = -4658895280553007687  # 0xBF58476D1CE4E5B9
+_MIX_SECOND = -7723592293110705685  # 0x94D049BB133111EB
+_SALT = 0x5851F42D4C957F2D  # separates the two seed words
 
 
 def _check_logits(logits: Any, name: str = "logits") -> tf.Tensor:
@@ -48,15 +80,51 @@ def _check_logits(logits: Any, name: str = "logits") -> tf.Tensor:
     return logits
 
 
-def _check_seed(seed: Any) -> tf.Tensor:
+def _convert_seed(seed: Any, expected: str) -> tf.Tensor:
     if seed is None:
-        raise ValueError("`seed` must be a shape (2,) int32 / int64 tensor to sample. Received: seed=None")
-    seed = tf.convert_to_tensor(seed)
+        raise ValueError(f"`seed` must be {expected} int32 / int64 tensor to sample. Received: seed=None")
+    if isinstance(seed, tf.Tensor) or hasattr(seed, "dtype"):
+        seed = tf.convert_to_tensor(seed)
+    else:
+        seed = tf.convert_to_tensor(np.asarray(seed))
     if seed.dtype not in (tf.int32, tf.int64):
-        raise TypeError(f"`seed` must hold int32 or int64 values. Received: dtype={seed.dtype.name}, shape={seed.shape}")
-    if seed.shape.rank is not None and not seed.shape.is_compatible_with([2]):
-        raise ValueError(f"`seed` must have shape (2,). Received: shape={tuple(seed.shape.as_list())}")
+        raise TypeError(f"`seed` must hold int32 or int64 values. Received: dtype={seed.dtype.name}, shape={shapes.format_shape(seed.shape)}")
     return seed
+
+
+def _check_seed(seed: Any) -> tf.Tensor:
+    """A seed of shape ``(2,)`` (``gumbel``, ``binary``)."""
+    seed = _convert_seed(seed, "a shape (2,)")
+    if seed.shape.rank is not None and not seed.shape.is_compatible_with([2]):
+        raise ValueError(f"`seed` must have shape (2,). Received: shape={shapes.format_shape(seed.shape)}")
+    return seed
+
+
+def _check_row_seed(seed: Any, logits: tf.Tensor) -> tuple[tf.Tensor, list[tf.Operation]]:
+    """A seed of shape ``(2,)`` or ``(*prefix, 2)``, ``prefix`` leading ``logits.shape[:-1]``.
+
+    Returns the seed and the run-time checks of the prefix dims unknown while tracing.
+    """
+    seed = _convert_seed(seed, "a shape (2,) or (*prefix, 2)")
+    leading = tuple(logits.shape.as_list()[:-1])
+    expected = f"(2,) or (*prefix, 2) with `prefix` a leading prefix of the logits' leading shape {shapes.format_shape(leading)}"
+    if seed.shape.rank is None:
+        raise ValueError(f"`seed` must have a known rank: shape {expected}. Received: shape=<unknown rank>")
+    static = tuple(seed.shape.as_list())
+    prefix = static[:-1]
+    if seed.shape.rank == 0 or static[-1] not in (2, None) or len(prefix) > len(leading):
+        raise ValueError(f"`seed` must have shape {expected}. Received: seed shape={shapes.format_shape(static)}, logits shape={shapes.format_shape(logits.shape)}")
+    checks = []
+    message = f"`seed` must have shape {expected}. Received: seed shape={shapes.format_shape(static)}, logits shape={shapes.format_shape(logits.shape)}"
+    for axis, (dim, expected_dim) in enumerate(zip(prefix, leading)):
+        if dim is not None and expected_dim is not None:
+            if dim != expected_dim:
+                raise ValueError(message)
+        else:
+            checks.append(tf.debugging.assert_equal(tf.shape(seed)[axis], tf.shape(logits)[axis], message=message))
+    if static[-1] is None:
+        checks.append(tf.debugging.assert_equal(tf.shape(seed)[-1], 2, message=message))
+    return seed, checks
 
 
 def _check_number(value: Any, name: str) -> float:
@@ -105,14 +173,17 @@ def greedy(logits: Any) -> tf.Tensor:
     return tf.argmax(logits, axis=-1, output_type=tf.int32)
 
 
+
 def _scale(logits: tf.Tensor, temperature: float) -> tf.Tensor:
     scaled = tf.cast(logits, tf.float32)
     return scaled if temperature == 1.0 else scaled / temperature
 
 
+
 def _count(requested: int, vocabulary: int | tf.Tensor) -> int | tf.Tensor:
     """``min(requested, V)``, a Python int when ``V`` is static."""
     return min(requested, vocabulary) if isinstance(vocabulary, int) else tf.minimum(requested, vocabulary)
+
 
 
 def _nucleus(values: tf.Tensor, log_total: tf.Tensor, top_p: float) -> tuple[tf.Tensor, tf.Tensor]:
@@ -133,43 +204,6 @@ def _nucleus(values: tf.Tensor, log_total: tf.Tensor, top_p: float) -> tuple[tf.
     threshold = tf.reduce_min(tf.where(before < top_p, values, tf.constant(np.inf, tf.float32)), axis=-1, keepdims=True)
     return tf.where(values >= threshold, values, tf.constant(-np.inf, tf.float32)), threshold
 
-
-def _order_keys(values: tf.Tensor) -> tf.Tensor:
-    """int32 keys in the order of the float32 ``values`` (``-0.0`` counted as ``+0.0``)."""
-    bits = tf.bitcast(values + 0.0, tf.int32)  # x + 0.0 turns -0.0 into +0.0
-    # negative floats: the larger the magnitude bits, the smaller the value
-    return tf.where(bits < 0, tf.bitwise.bitwise_xor(bits, tf.constant(0x7FFFFFFF, tf.int32)), bits)
-
-
-def _nucleus_keys(scaled: tf.Tensor, top_p: float) -> tuple[tf.Tensor, tf.Tensor]:
-    """Threshold of the nucleus found by bisection on the logits' order keys, without sorting.
-
-    Finds the largest key ``t`` such that the logits with a key ``>= t`` hold a
-    probability ``>= p``: 32 halvings of the int32 key range, each one masked
-    sum over the vocabulary. Same set as ``_nucleus`` on the sorted logits.
-
-    Returns:
-        The keys of ``scaled`` and the threshold key ``(..., 1)``.
-    """
-    keys = _order_keys(scaled)
-    weights = tf.exp(scaled - tf.reduce_max(scaled, axis=-1, keepdims=True))
-    target = top_p * tf.reduce_sum(weights, axis=-1, keepdims=True)
-    # the bounds in int64, where their difference cannot overflow
-    low = tf.cast(tf.reduce_min(keys, axis=-1, keepdims=True), tf.int64)  # every logit: probability 1 >= p
-    high = tf.cast(tf.reduce_max(keys, axis=-1, keepdims=True), tf.int64)
-    for _ in range(32):
-        middle = low + (high - low + 1) // 2
-        above = keys >= tf.cast(middle, tf.int32)
-        reached = tf.reduce_sum(tf.where(above, weights, 0.0), axis=-1, keepdims=True) >= target
-        low = tf.where(reached, middle, low)
-        high = tf.where(reached, high, middle - 1)
-    return keys, tf.cast(low, tf.int32)
-
-
-def _pick(values: tf.Tensor, indices: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Gumbel-max over the candidates ``values``, mapped back to vocabulary ``indices``."""
-    position = tf.argmax(values + gumbel(tf.shape(values), seed), axis=-1, output_type=tf.int32)
-    return tf.gather(indices, position[..., None], batch_dims=len(values.shape) - 1)[..., 0]
 
 
 def candidates(
@@ -224,35 +258,6 @@ def candidates(
     return values, indices
 
 
-def _sample_nucleus(scaled: tf.Tensor, seed: tf.Tensor, top_p: float) -> tf.Tensor:
-    """Top-p sampling without sorting the whole vocabulary.
-
-    The nucleus of a trained model usually fits in a few hundred tokens: the
-    ``NUCLEUS_CANDIDATES`` largest logits (``tf.math.top_k``) are enough when
-    their nucleus ends strictly above the smallest of them for every row.
-    Otherwise (``tf.cond``) the threshold comes from a bisection over the whole
-    vocabulary, which costs 32 masked sums but no sort (XLA on CPU sorts slowly).
-    """
-    vocabulary = dynamic_dims(scaled)[-1]
-    log_total = tf.reduce_logsumexp(scaled, axis=-1, keepdims=True)
-    values, indices = tf.math.top_k(scaled, k=_count(NUCLEUS_CANDIDATES, vocabulary))  # (..., K)
-    kept, threshold = _nucleus(values, log_total, top_p)
-    if isinstance(vocabulary, int) and vocabulary <= NUCLEUS_CANDIDATES:
-        return _pick(kept, indices, seed)
-
-    def everywhere() -> tf.Tensor:
-        keys, limit = _nucleus_keys(scaled, top_p)
-        masked = tf.where(keys >= limit, scaled, tf.constant(-np.inf, tf.float32))
-        return tf.argmax(masked + gumbel(tf.shape(masked), seed), axis=-1, output_type=tf.int32)
-
-    # the candidates suffice when the threshold is above their smallest value (its ties are all in),
-    # or when a row has no finite logit at all
-    inside = (threshold > tf.reduce_min(values, axis=-1, keepdims=True)) | tf.math.is_inf(log_total)
-    if isinstance(vocabulary, int):
-        return tf.cond(tf.reduce_all(inside), lambda: _pick(kept, indices, seed), everywhere)
-    everything = tf.greater_equal(NUCLEUS_CANDIDATES, vocabulary)
-    return tf.cond(everything | tf.reduce_all(inside), lambda: _pick(kept, indices, seed), everywhere)
-
 
 def gumbel(shape: Any, seed: Any) -> tf.Tensor:
     """Standard Gumbel noise ``-log(-log(u))``, ``u`` uniform in ``(0, 1)``, from a stateless seed.
@@ -270,6 +275,255 @@ def gumbel(shape: Any, seed: Any) -> tf.Tensor:
     return -tf.math.log(-tf.math.log(uniform))
 
 
+def _shift_right(value: tf.Tensor, bits: int) -> tf.Tensor:
+    """Logical right shift of int64 bits (``tf.bitwise.right_shift`` is arithmetic on signed types)."""
+    shifted = tf.bitwise.right_shift(value, tf.constant(bits, tf.int64))
+    return tf.bitwise.bitwise_and(shifted, tf.constant((1 << (64 - bits)) - 1, tf.int64))
+
+
+def _mix(value: tf.Tensor) -> tf.Tensor:
+    """The splitmix64 finalizer on int64 bits (products wrap modulo 2**64)."""
+    value = tf.bitwise.bitwise_xor(value, _shift_right(value, 30)) * tf.constant(_MIX_FIRST, tf.int64)
+    value = tf.bitwise.bitwise_xor(value, _shift_right(value, 27)) * tf.constant(_MIX_SECOND, tf.int64)
+    return tf.bitwise.bitwise_xor(value, _shift_right(value, 31))
+
+
+def _row_keys(seed: tf.Tensor, leading: list[int | tf.Tensor]) -> tf.Tensor:
+    """One int64 key per row of the flattened leading axes, from the seed(s) and the row's counter.
+
+    Args:
+        seed: ``(*prefix, 2)`` int32 / int64, ``prefix`` leading ``leading``.
+        leading: the leading dims of the logits (ints or scalar tensors).
+
+    Returns:
+        ``(R,)`` int64, ``R`` the product of ``leading``.
+    """
+    words = tf.reshape(tf.cast(seed, tf.int64), [-1, 2])  # (P, 2)
+    keys = _mix(_mix(tf.bitwise.bitwise_xor(words[:, 0], tf.constant(_SALT, tf.int64))) + words[:, 1])  # (P,)
+    below = leading[seed.shape.rank - 1 :]
+    count = math.prod(below) if all(isinstance(dim, int) for dim in below) else tf.reduce_prod(tf.stack([tf.cast(dim, tf.int64) for dim in below]))
+    counters = tf.range(1, tf.cast(count, tf.int64) + 1, dtype=tf.int64)  # (Q,), from 1
+    return tf.reshape(_mix(keys[:, None] + counters[None, :] * tf.constant(_GOLDEN, tf.int64)), [-1])  # (P * Q,)
+
+
+def _uniform(keys: tf.Tensor, draw: int | tf.Tensor) -> tf.Tensor:
+    """Float64 uniforms in ``[0, 1)`` with 53 random bits, one per (row key, draw number) pair (broadcast).
+
+    Draw 0 reads the row key itself (already a hash); draw ``d > 0`` hashes ``key + d * golden``.
+    """
+    if isinstance(draw, int) and draw == 0:
+        bits = keys
+    else:
+        draw = tf.cast(draw, tf.int64)
+        bits = tf.where(draw == 0, keys, _mix(keys + draw * tf.constant(_GOLDEN, tf.int64)))
+    return tf.cast(_shift_right(bits, 11), tf.float64) * (2.0**-53)
+
+
+def uniform(seed: Any, shape: Any, draw: int = 0) -> tf.Tensor:
+    """The uniforms ``sample`` draws from: float64 in ``[0, 1)``, one per row of ``shape``.
+
+    ``uniform(seed, logits.shape[:-1])`` holds the uniform of every row's first
+    draw; ``draw=d`` gives the ``d``-th one (top-p draws again when it rejects).
+    They come from a counter-based hash (splitmix64) of the seed, the row's
+    counter and ``draw``, in int64 arithmetic: identical eagerly, in graphs and
+    under XLA, and on any device.
+
+    Args:
+        seed: int32 / int64, ``(2,)`` or ``(*prefix, 2)`` with ``prefix`` leading ``shape``.
+        shape: the leading shape (a list of ints).
+        draw: the draw number, an int >= 0.
+
+    Returns:
+        A float64 tensor of shape ``shape``.
+
+    Example:
+        >>> u = uniform(tf.constant([1, 2]), [2, 3])
+        >>> u.shape, bool(tf.reduce_all((u >= 0) & (u < 1)))
+        (TensorShape([2, 3]), True)
+    """
+    shape = [shapes.check_int(dim, "shape", minimum=0) for dim in shape]
+    draw = shapes.check_int(draw, "draw", minimum=0)
+    seed, checks = _check_row_seed(seed, tf.zeros(shape + [1]))
+    with tf.control_dependencies(checks):
+        return tf.reshape(_uniform(_row_keys(seed, shape), draw), shape)
+
+
+def _inverse_cdf(masses: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The entry whose cumulative interval holds each target, and the target's offset inside it.
+
+    Args:
+        masses: ``(..., n)`` float64 masses >= 0 (NaN only for a row without any valid choice).
+        targets: ``(..., D)`` float64 targets in ``[0, sum(masses))``.
+
+    Returns:
+        ``(index, offset)``, both ``(..., D)``: the first index whose cumulative
+        mass exceeds the target (never an index of mass 0, even when rounding
+        puts a target at the total) and ``target - (mass before index)``.
+    """
+    cumulative = tf.cumsum(masses, axis=-1)
+    last = tf.reduce_sum(tf.cast(cumulative < cumulative[..., -1:], tf.int32), axis=-1, keepdims=True)  # the last entry of mass > 0
+    above = cumulative[..., None, :] <= tf.maximum(targets, 0.0)[..., None]  # (..., D, n)
+    index = tf.minimum(tf.reduce_sum(tf.cast(above, tf.int32), axis=-1), last)
+    before = tf.gather(cumulative - masses, index, batch_dims=len(masses.shape) - 1)
+    return index, targets - before
+
+
+def _layout(size: int | tf.Tensor, target: int) -> tuple[int, int | tf.Tensor, int | tf.Tensor]:
+    """Blocks for a row of ``size`` entries: ``(block, count, padding)`` with ``block * count = size + padding``.
+
+    A divisor of ``size`` in ``[target / 2, target]`` when there is one (no
+    padding), else blocks of ``target`` and a padded last block.
+    """
+    if isinstance(size, int):
+        for block in range(min(target, size), max(target // 2, 1) - 1, -1):
+            if size % block == 0:
+                return block, size // block, 0
+        padding = -size % target
+        return target, (size + padding) // target, padding
+    padding = tf.math.floormod(-size, target)
+    return target, (size + padding) // target, padding
+
+
+def _pad(values: tf.Tensor, padding: int | tf.Tensor) -> tf.Tensor:
+    """``(R, V) -> (R, V + padding)`` with ``-inf`` logits (probability 0) at the end."""
+    if isinstance(padding, int) and padding == 0:
+        return values
+    return tf.pad(values, [[0, 0], [0, padding]], constant_values=-np.inf)
+
+
+def _sample_candidates(values: tf.Tensor, indices: tf.Tensor | None, keys: tf.Tensor, top_p: float | None) -> tf.Tensor:
+    """Draws from a few candidates per row, in float64.
+
+    Args:
+        values: ``(R, K)`` float32 logits, sorted in decreasing order when ``top_p`` is set.
+        indices: ``(R, K)`` int32 vocabulary index of each candidate, or ``None`` (the position).
+        keys: ``(R,)`` row keys.
+        top_p: ``None`` or a float in ``(0, 1)``: the nucleus among the candidates.
+
+    Returns:
+        ``(R,)`` int32 indices.
+    """
+    scores = tf.cast(values, tf.float64)
+    top = tf.reduce_max(scores, axis=-1, keepdims=True)
+    weights = tf.exp(scores - tf.where(top > -np.inf, top, 0.0))  # (R, K); -inf logits weigh 0
+    total = tf.reduce_sum(weights, axis=-1, keepdims=True)
+    if top_p is not None:
+        before = tf.cumsum(weights, axis=-1, exclusive=True)
+        threshold = tf.reduce_min(tf.where(before < top_p * total, values, tf.constant(np.inf, values.dtype)), axis=-1, keepdims=True)
+        weights = tf.where(values >= threshold, weights, 0.0)
+        total = tf.reduce_sum(weights, axis=-1, keepdims=True)
+    position, _ = _inverse_cdf(weights, _uniform(keys, 0)[:, None] * total)  # (R, 1)
+    if indices is None:
+        return position[:, 0]
+    return tf.gather(indices, position, batch_dims=1)[:, 0]
+
+
+def _largest(scaled: tf.Tensor, top_k: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """``tf.math.top_k(scaled, min(top_k, V))``, faster on large vocabularies.
+
+    Every logit of the top k lies in one of the ``k`` blocks with the largest
+    maxima (ties between blocks to the lower block, as between logits): there
+    are fewer than ``k`` logits above the k-th largest, hence fewer than ``k``
+    blocks holding one, and the tied logits kept (the lower indices) lie in
+    the lowest of the blocks whose maximum equals it. So ``top_k`` runs on
+    those blocks, gathered in index order, instead of on the whole row.
+    """
+    vocabulary = dynamic_dims(scaled)[-1]
+    count = min(top_k, vocabulary) if isinstance(vocabulary, int) else tf.minimum(top_k, vocabulary)
+    if not isinstance(vocabulary, int) or vocabulary < 64 * top_k:
+        return tf.math.top_k(scaled, k=count)
+    block, blocks, padding = _layout(vocabulary, vocabulary // (16 * top_k))
+    rows = dynamic_dims(scaled)[0]
+    grouped = tf.reshape(_pad(scaled, padding), reshape_target([rows, blocks, block]))  # (R, V / block, block)
+    _, chosen = tf.math.top_k(tf.reduce_max(grouped, axis=-1), k=top_k)  # (R, k)
+    chosen = tf.sort(chosen, axis=-1)  # index order, so that top_k breaks ties toward lower indices
+    gathered = tf.reshape(tf.gather(grouped, chosen, batch_dims=1), reshape_target([rows, top_k * block]))  # (R, k * block)
+    values, positions = tf.math.top_k(gathered, k=top_k)  # (R, k)
+    starts = tf.gather(chosen, positions // block, batch_dims=1)
+    return values, starts * block + positions % block
+
+
+def _draws(top_p: float) -> int:
+    """Draws per retried row and round: enough that a round fails with odds below 1 in 100."""
+    if top_p >= 1.0 - 1e-6:
+        return 1
+    return max(1, min(RETRY_DRAWS, math.ceil(math.log(0.01) / math.log1p(-top_p))))
+
+
+class _Blocks:
+    """A softmax over ``(R, V)`` cut into blocks: the weights, each block's mass, each row's total."""
+
+    def __init__(self, scaled: tf.Tensor, vocabulary: int | tf.Tensor):
+        target = DYNAMIC_BLOCK if not isinstance(vocabulary, int) else 1 << max(2, math.ceil(math.log2(math.sqrt(vocabulary))))
+        self.block, self.count, padding = _layout(vocabulary, target)
+        rows = dynamic_dims(scaled)[0]
+        self.scaled = _pad(scaled, padding)  # (R, V')
+        self.weights = tf.reshape(tf.nn.softmax(self.scaled, axis=-1), reshape_target([rows, self.count, self.block]))  # (R, V' / block, block)
+        self.masses = tf.cast(tf.reduce_sum(self.weights, axis=-1), tf.float64)  # (R, V' / block)
+        self.totals = tf.reduce_sum(self.masses, axis=-1)  # (R,); NaN for a row without a finite logit
+
+    def draw(self, rows: tf.Tensor | None, keys: tf.Tensor, draws: int | tf.Tensor) -> tf.Tensor:
+        """Indices drawn from the softmax of ``rows`` (all when ``None``): ``(N, D)`` for draw numbers ``(N or 1, D)`` (0: ``(N, 1)``)."""
+        weights, masses, totals = (self.weights, self.masses, self.totals) if rows is None else (
+            tf.gather(self.weights, rows), tf.gather(self.masses, rows), tf.gather(self.totals, rows))
+        targets = _uniform(keys[:, None], draws) * totals[:, None]  # (N, D)
+        block, offset = _inverse_cdf(masses, targets)  # (N, D): the block, then the place inside it
+        inside = tf.cast(tf.gather(weights, block, batch_dims=1), tf.float64)  # (N, D, block)
+        scale = tf.reduce_sum(inside, axis=-1) / tf.gather(masses, block, batch_dims=1)  # float32 block sums vs float64 ones
+        position, _ = _inverse_cdf(inside, (offset * scale)[..., None])  # (N, D, 1)
+        return block * self.block + position[..., 0]
+
+    def in_nucleus(self, rows: tf.Tensor | None, indices: tf.Tensor, top_p: float) -> tf.Tensor:
+        """Whether each drawn index is in the nucleus: the probability strictly above its logit is below ``p``."""
+        scaled, weights, totals = (self.scaled, self.weights, self.totals) if rows is None else (
+            tf.gather(self.scaled, rows), tf.gather(self.weights, rows), tf.gather(self.totals, rows))
+        flat = tf.reshape(weights, reshape_target(dynamic_dims(scaled)))  # (N, V')
+        drawn = tf.gather(scaled, indices, batch_dims=1)  # (N, D)
+        above = tf.reduce_sum(tf.where(scaled[:, None, :] > drawn[..., None], flat[:, None, :], 0.0), axis=-1)  # (N, D)
+        # a row without a valid choice (NaN total) keeps its first draw
+        return (tf.cast(above, tf.float64) < top_p * totals[:, None]) | ~(totals > 0.0)[:, None]
+
+
+def _first(accepted: tf.Tensor, indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The first accepted index of each row of ``(N, D)``, and whether there is one."""
+    position = tf.argmax(tf.cast(accepted, tf.int32), axis=-1, output_type=tf.int32)
+    return tf.gather(indices, position[:, None], batch_dims=1)[:, 0], tf.reduce_any(accepted, axis=-1)
+
+
+def _sample_nucleus(blocks: _Blocks, keys: tf.Tensor, top_p: float) -> tf.Tensor:
+    """Rejection sampling of the nucleus: every row draws, the rows whose draw is outside draw again.
+
+    Row ``r`` keeps its first draw (number 0, 1, ...) that lies in the
+    nucleus, so the result does not depend on the other rows. The first round
+    checks one draw of every row; the next ones take ``RETRY_ROWS`` rows still
+    drawing at a time, ``_draws(p)`` draws each.
+    """
+    rows, vocabulary = dynamic_dims(blocks.scaled)
+    draws = _draws(top_p)
+    # the first round draws once per row on large vocabularies, where each draw checked costs a pass
+    first_draws = draws if isinstance(vocabulary, int) and vocabulary <= SMALL_VOCABULARY else 1
+    first = blocks.draw(None, keys, 0 if first_draws == 1 else tf.range(first_draws, dtype=tf.int32)[None, :])  # (R, D)
+    chosen, found = _first(blocks.in_nucleus(None, first, top_p), first)
+    chosen = tf.where(found, chosen, -1)
+    tries = tf.fill(tf.shape(chosen), first_draws)
+    count = min(RETRY_ROWS, rows) if isinstance(rows, int) else tf.minimum(RETRY_ROWS, rows)
+
+    def retry(chosen: tf.Tensor, tries: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        missing = chosen < 0
+        _, picked = tf.math.top_k(tf.cast(missing, tf.int32), k=count)  # rows still drawing, lower rows first
+        valid = tf.gather(missing, picked)
+        numbers = tf.gather(tries, picked)[:, None] + tf.range(draws, dtype=tf.int32)[None, :]  # (N, D)
+        indices = blocks.draw(picked, tf.gather(keys, picked), numbers)
+        found_index, found = _first(blocks.in_nucleus(picked, indices, top_p), indices)
+        update = tf.where(valid & found, found_index, tf.gather(chosen, picked))
+        chosen = tf.tensor_scatter_nd_update(chosen, picked[:, None], update)
+        tries = tf.tensor_scatter_nd_add(tries, picked[:, None], tf.where(valid, draws, 0))
+        return chosen, tries
+
+    chosen, _ = tf.while_loop(lambda chosen, tries: tf.reduce_any(chosen < 0), retry, [chosen, tries])
+    return chosen
+
+
 def sample(
     logits: Any, seed: Any, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
 ) -> tf.Tensor:
@@ -277,19 +531,29 @@ def sample(
 
     The filters combine as described in ``candidates`` (temperature, then the
     ``k`` largest logits, then the nucleus of probability ``p`` among them) and
-    the index is drawn from ``softmax`` of what is left. ``temperature=0``
-    means greedy (``top_k`` / ``top_p`` then change nothing, the largest logit
-    being in every kept set). Indices whose logit is ``-inf`` are never drawn,
-    unless a whole row is ``-inf`` (no valid choice; some index is returned).
+    the index is drawn from ``softmax`` of what is left, renormalised.
+    ``temperature=0`` means greedy (``top_k`` / ``top_p`` then change nothing,
+    the largest logit being in every kept set). Indices whose logit is
+    ``-inf`` are never drawn, unless a whole row is ``-inf`` (no valid choice;
+    some index is returned).
 
-    Cost: plain and top-k sampling read the logits a few times; top-p without
-    top-k looks for the nucleus among the ``NUCLEUS_CANDIDATES`` (1024) largest
-    logits, and when it is larger, finds its threshold by bisection (32 masked
-    sums over the vocabulary) rather than by sorting.
+    Each row uses one uniform (by inverse CDF), or a few with top-p (a draw
+    outside the nucleus is drawn again, see the module docstring), from a
+    counter-based hash of its seed: see ``uniform``.
+
+    Cost on ``(R, V)`` logits with ``V > SMALL_VOCABULARY``: one softmax pass,
+    a block-sum pass and work on ``sqrt(V)`` entries per row; top-k adds a
+    block-max pass and ``tf.math.top_k`` on ``16 k`` logits per row (when
+    ``V >= 64 k``); top-p without top-k adds one masked-sum pass and a small
+    pass over the few rows that draw again (about a fraction ``1 - p`` of them).
 
     Args:
         logits: a float tensor of shape ``(..., V)``; may contain ``-inf``.
-        seed: a shape ``(2,)`` int32 / int64 tensor; the same seed gives the same samples.
+        seed: an int32 / int64 tensor of shape ``(2,)`` (one seed for the call)
+            or ``(*prefix, 2)`` with ``prefix`` a leading prefix of
+            ``logits.shape[:-1]`` (one seed per row of the prefix). The same
+            seed gives the same samples; with per-row seeds, a row's sample
+            depends only on its seed and its own logits.
         temperature: a Python float >= 0; 0 is greedy.
         top_k: ``None`` or an int >= 1: sample among the ``k`` largest logits.
         top_p: ``None`` or a float in ``(0, 1]``: sample in the nucleus of probability ``p``.
@@ -298,33 +562,44 @@ def sample(
         An int32 tensor of shape ``(...)``.
 
     Raises:
-        TypeError: ``logits`` is not a float tensor, ``seed`` not an integer tensor,
-            or an argument has the wrong type.
-        ValueError: ``seed`` is not of shape ``(2,)``, ``temperature < 0``,
-            ``top_k < 1`` or ``top_p`` outside ``(0, 1]``.
+        TypeError: ``logits`` is not a float tensor, ``seed`` not an integer
+            tensor, or an argument has the wrong type (``top_k=2.0``).
+        ValueError: ``seed`` of the wrong shape, ``temperature`` negative or
+            not finite, ``top_k < 1`` or ``top_p`` outside ``(0, 1]``.
+        tf.errors.InvalidArgumentError: in a graph, a seed prefix dim that
+            differs from the logits' at run time.
 
     Example:
-        >>> logits = tf.math.log([[0.7, 0.2, 0.1]])
+        >>> logits = tf.math.log([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
         >>> sample(logits, seed=tf.constant([1, 2]), top_k=2).shape
-        TensorShape([1])
+        TensorShape([2])
+        >>> sample(logits, seed=tf.constant([[1, 2], [3, 4]]), top_p=0.9).shape  # a seed per row
+        TensorShape([2])
     """
     logits = _check_logits(logits)
-    seed = _check_seed(seed)
+    seed, checks = _check_row_seed(seed, logits)
     temperature = _check_temperature(temperature)
     top_k, top_p = _check_top_k(top_k), _check_top_p(top_p)
     if temperature == 0:
         return greedy(logits)
-    scaled = _scale(logits, temperature)
-    vocabulary = dynamic_dims(scaled)[-1]
-    nucleus = top_p is not None and top_p < 1.0
+    dims = dynamic_dims(logits)
+    leading, vocabulary = dims[:-1], dims[-1]
+    with tf.control_dependencies(checks):
+        keys = _row_keys(seed, leading)  # (R,)
+    scaled = tf.reshape(_scale(logits, temperature), reshape_target([-1, vocabulary]))  # (R, V)
+    nucleus = top_p if top_p is not None and top_p < 1.0 else None
     if top_k is not None and not (isinstance(vocabulary, int) and top_k >= vocabulary):
-        values, indices = tf.math.top_k(scaled, k=_count(top_k, vocabulary))  # (..., K)
-        if nucleus:
-            values, _ = _nucleus(values, tf.reduce_logsumexp(values, axis=-1, keepdims=True), top_p)
-        return _pick(values, indices, seed)
-    if nucleus:
-        return _sample_nucleus(scaled, seed, top_p)
-    return tf.argmax(scaled + gumbel(tf.shape(scaled), seed), axis=-1, output_type=tf.int32)
+        values, indices = _largest(scaled, top_k)  # (R, K)
+        index = _sample_candidates(values, indices, keys, nucleus)
+    elif nucleus is None and isinstance(vocabulary, int) and vocabulary <= SMALL_VOCABULARY:
+        index = _sample_candidates(scaled, None, keys, None)
+    else:
+        blocks = _Blocks(scaled, vocabulary)
+        if nucleus is None:
+            index = blocks.draw(None, keys, 0)[:, 0]
+        else:
+            index = _sample_nucleus(blocks, keys, nucleus)
+    return tf.reshape(index, reshape_target(leading))  # (...)
 
 
 def binary(
@@ -399,4 +674,4 @@ def binary(
     return tf.reduce_sum(bits * weights, axis=-1)  # (..., G)
 
 
-__all__ = ["binary", "candidates", "greedy", "gumbel", "sample"]
+__all__ = ["binary", "candidates", "greedy", "gumbel", "sample", "uniform"]
