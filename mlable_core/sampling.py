@@ -296,37 +296,41 @@ def _row_keys(seed: tf.Tensor, leading: list[int | tf.Tensor]) -> tf.Tensor:
         leading: the leading dims of the logits (ints or scalar tensors).
 
     Returns:
-        ``(R,)`` int64, ``R`` the product of ``leading``.
+        ``(R,)`` int64, ``R`` the product of ``leading``: ``mix(key + (counter + 1) * golden)``
+        with ``key = mix((seed[0] ^ salt) * golden + seed[1])``.
     """
     words = tf.reshape(tf.cast(seed, tf.int64), [-1, 2])  # (P, 2)
-    keys = _mix(_mix(tf.bitwise.bitwise_xor(words[:, 0], tf.constant(_SALT, tf.int64))) + words[:, 1])  # (P,)
+    golden = tf.constant(_GOLDEN, tf.int64)
+    keys = _mix(tf.bitwise.bitwise_xor(words[:, 0], tf.constant(_SALT, tf.int64)) * golden + words[:, 1])  # (P,)
     below = leading[seed.shape.rank - 1 :]
     count = math.prod(below) if all(isinstance(dim, int) for dim in below) else tf.reduce_prod(tf.stack([tf.cast(dim, tf.int64) for dim in below]))
     counters = tf.range(1, tf.cast(count, tf.int64) + 1, dtype=tf.int64)  # (Q,), from 1
-    return tf.reshape(_mix(keys[:, None] + counters[None, :] * tf.constant(_GOLDEN, tf.int64)), [-1])  # (P * Q,)
+    return tf.reshape(_mix(keys[:, None] + counters[None, :] * golden), [-1])  # (P * Q,)
 
 
 def _uniform(keys: tf.Tensor, draw: int | tf.Tensor) -> tf.Tensor:
-    """Float64 uniforms in ``[0, 1)`` with 53 random bits, one per (row key, draw number) pair (broadcast).
+    """Float64 uniforms in ``[0, 1 - 2**-52]`` (52 random bits), one per (row key, draw number) pair (broadcast).
 
     Draw 0 reads the row key itself (already a hash); draw ``d > 0`` hashes ``key + d * golden``.
+    The largest value, ``1 - 2**-52``, times a positive float64 is strictly below it.
     """
     if isinstance(draw, int) and draw == 0:
         bits = keys
     else:
         draw = tf.cast(draw, tf.int64)
         bits = tf.where(draw == 0, keys, _mix(keys + draw * tf.constant(_GOLDEN, tf.int64)))
-    return tf.cast(_shift_right(bits, 11), tf.float64) * (2.0**-53)
+    return tf.cast(_shift_right(bits, 12), tf.float64) * (2.0**-52)
 
 
 def uniform(seed: Any, shape: Any, draw: int = 0) -> tf.Tensor:
-    """The uniforms ``sample`` draws from: float64 in ``[0, 1)``, one per row of ``shape``.
+    """The uniforms ``sample`` draws with: float64 in ``[0, 1)``, one per row of ``shape``.
 
     ``uniform(seed, logits.shape[:-1])`` holds the uniform of every row's first
     draw; ``draw=d`` gives the ``d``-th one (top-p draws again when it rejects).
-    They come from a counter-based hash (splitmix64) of the seed, the row's
-    counter and ``draw``, in int64 arithmetic: identical eagerly, in graphs and
-    under XLA, and on any device.
+    They come from a counter-based hash (the splitmix64 finalizer) of the seed,
+    the row's counter and ``draw``, in int64 arithmetic: identical eagerly, in
+    graphs and under XLA, and on any device. Row ``r`` of the rows below a seed
+    (C order) has counter ``r``.
 
     Args:
         seed: int32 / int64, ``(2,)`` or ``(*prefix, 2)`` with ``prefix`` leading ``shape``.
@@ -334,7 +338,7 @@ def uniform(seed: Any, shape: Any, draw: int = 0) -> tf.Tensor:
         draw: the draw number, an int >= 0.
 
     Returns:
-        A float64 tensor of shape ``shape``.
+        A float64 tensor of shape ``shape``, multiples of ``2**-52``.
 
     Example:
         >>> u = uniform(tf.constant([1, 2]), [2, 3])
@@ -348,24 +352,31 @@ def uniform(seed: Any, shape: Any, draw: int = 0) -> tf.Tensor:
         return tf.reshape(_uniform(_row_keys(seed, shape), draw), shape)
 
 
-def _inverse_cdf(masses: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """The entry whose cumulative interval holds each target, and the target's offset inside it.
+# fractions stay below 1, so that a target is always below its cumulative total
+_LAST_FRACTION = 1.0 - 2.0**-52
+
+
+def _inverse_cdf(masses: tf.Tensor, fractions: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The entry whose cumulative interval holds ``fraction * total``, and where in it.
 
     Args:
-        masses: ``(..., n)`` float64 masses >= 0 (NaN only for a row without any valid choice).
-        targets: ``(..., D)`` float64 targets in ``[0, sum(masses))``.
+        masses: ``(..., n)`` float64 masses >= 0 (NaN only in a row without any valid choice).
+        fractions: ``(..., D)`` float64 in ``[0, 1 - 2**-52]``.
 
     Returns:
-        ``(index, offset)``, both ``(..., D)``: the first index whose cumulative
-        mass exceeds the target (never an index of mass 0, even when rounding
-        puts a target at the total) and ``target - (mass before index)``.
+        ``(index, inside)``, both ``(..., D)``: the first index whose cumulative
+        mass exceeds the target (so never an index of mass 0 when the row has
+        mass), and the target's fraction of the way through that entry's mass,
+        itself a valid fraction for the next stage.
     """
     cumulative = tf.cumsum(masses, axis=-1)
-    last = tf.reduce_sum(tf.cast(cumulative < cumulative[..., -1:], tf.int32), axis=-1, keepdims=True)  # the last entry of mass > 0
-    above = cumulative[..., None, :] <= tf.maximum(targets, 0.0)[..., None]  # (..., D, n)
-    index = tf.minimum(tf.reduce_sum(tf.cast(above, tf.int32), axis=-1), last)
-    before = tf.gather(cumulative - masses, index, batch_dims=len(masses.shape) - 1)
-    return index, targets - before
+    targets = fractions * cumulative[..., -1:]  # (..., D), below the total
+    count = dynamic_dims(masses)[-1]
+    index = tf.minimum(tf.reduce_sum(tf.cast(cumulative[..., None, :] <= targets[..., None], tf.int32), axis=-1), count - 1)  # all-zero rows
+    batch = len(masses.shape) - 1
+    before = tf.gather(cumulative - masses, index, batch_dims=batch)
+    inside = (targets - before) / tf.gather(masses, index, batch_dims=batch)
+    return index, tf.minimum(tf.maximum(inside, 0.0), _LAST_FRACTION)
 
 
 def _layout(size: int | tf.Tensor, target: int) -> tuple[int, int | tf.Tensor, int | tf.Tensor]:
@@ -406,13 +417,12 @@ def _sample_candidates(values: tf.Tensor, indices: tf.Tensor | None, keys: tf.Te
     scores = tf.cast(values, tf.float64)
     top = tf.reduce_max(scores, axis=-1, keepdims=True)
     weights = tf.exp(scores - tf.where(top > -np.inf, top, 0.0))  # (R, K); -inf logits weigh 0
-    total = tf.reduce_sum(weights, axis=-1, keepdims=True)
     if top_p is not None:
         before = tf.cumsum(weights, axis=-1, exclusive=True)
+        total = tf.reduce_sum(weights, axis=-1, keepdims=True)
         threshold = tf.reduce_min(tf.where(before < top_p * total, values, tf.constant(np.inf, values.dtype)), axis=-1, keepdims=True)
         weights = tf.where(values >= threshold, weights, 0.0)
-        total = tf.reduce_sum(weights, axis=-1, keepdims=True)
-    position, _ = _inverse_cdf(weights, _uniform(keys, 0)[:, None] * total)  # (R, 1)
+    position, _ = _inverse_cdf(weights, _uniform(keys, 0)[:, None])  # (R, 1)
     if indices is None:
         return position[:, 0]
     return tf.gather(indices, position, batch_dims=1)[:, 0]
@@ -453,35 +463,38 @@ def _draws(top_p: float) -> int:
 class _Blocks:
     """A softmax over ``(R, V)`` cut into blocks: the weights, each block's mass, each row's total."""
 
-    def __init__(self, scaled: tf.Tensor, vocabulary: int | tf.Tensor):
+    def __init__(self, scaled: tf.Tensor | None = None, vocabulary: int | tf.Tensor | None = None):
+        if scaled is None:  # a view, see rows()
+            return
         target = DYNAMIC_BLOCK if not isinstance(vocabulary, int) else 1 << max(2, math.ceil(math.log2(math.sqrt(vocabulary))))
-        self.block, self.count, padding = _layout(vocabulary, target)
+        self.block, count, padding = _layout(vocabulary, target)
         rows = dynamic_dims(scaled)[0]
         self.scaled = _pad(scaled, padding)  # (R, V')
-        self.weights = tf.reshape(tf.nn.softmax(self.scaled, axis=-1), reshape_target([rows, self.count, self.block]))  # (R, V' / block, block)
+        self.weights = tf.reshape(tf.nn.softmax(self.scaled, axis=-1), reshape_target([rows, count, self.block]))  # (R, V' / block, block)
         self.masses = tf.cast(tf.reduce_sum(self.weights, axis=-1), tf.float64)  # (R, V' / block)
         self.totals = tf.reduce_sum(self.masses, axis=-1)  # (R,); NaN for a row without a finite logit
 
-    def draw(self, rows: tf.Tensor | None, keys: tf.Tensor, draws: int | tf.Tensor) -> tf.Tensor:
-        """Indices drawn from the softmax of ``rows`` (all when ``None``): ``(N, D)`` for draw numbers ``(N or 1, D)`` (0: ``(N, 1)``)."""
-        weights, masses, totals = (self.weights, self.masses, self.totals) if rows is None else (
-            tf.gather(self.weights, rows), tf.gather(self.masses, rows), tf.gather(self.totals, rows))
-        targets = _uniform(keys[:, None], draws) * totals[:, None]  # (N, D)
-        block, offset = _inverse_cdf(masses, targets)  # (N, D): the block, then the place inside it
-        inside = tf.cast(tf.gather(weights, block, batch_dims=1), tf.float64)  # (N, D, block)
-        scale = tf.reduce_sum(inside, axis=-1) / tf.gather(masses, block, batch_dims=1)  # float32 block sums vs float64 ones
-        position, _ = _inverse_cdf(inside, (offset * scale)[..., None])  # (N, D, 1)
+    def rows(self, picked: tf.Tensor) -> _Blocks:
+        """The same for the rows ``picked`` ``(N,)`` only (gathered once)."""
+        view = _Blocks()
+        view.block = self.block
+        view.scaled, view.weights, view.masses, view.totals = (tf.gather(value, picked) for value in (self.scaled, self.weights, self.masses, self.totals))
+        return view
+
+    def draw(self, keys: tf.Tensor, draws: int | tf.Tensor) -> tf.Tensor:
+        """Indices ``(R, D)`` drawn from the softmax, for draw numbers ``(R or 1, D)`` (the int 0: ``D = 1``)."""
+        block, inside = _inverse_cdf(self.masses, _uniform(keys[:, None], draws))  # (R, D): a block, where in it
+        weights = tf.cast(tf.gather(self.weights, block, batch_dims=1), tf.float64)  # (R, D, block)
+        position, _ = _inverse_cdf(weights, inside[..., None])  # (R, D, 1)
         return block * self.block + position[..., 0]
 
-    def in_nucleus(self, rows: tf.Tensor | None, indices: tf.Tensor, top_p: float) -> tf.Tensor:
-        """Whether each drawn index is in the nucleus: the probability strictly above its logit is below ``p``."""
-        scaled, weights, totals = (self.scaled, self.weights, self.totals) if rows is None else (
-            tf.gather(self.scaled, rows), tf.gather(self.weights, rows), tf.gather(self.totals, rows))
-        flat = tf.reshape(weights, reshape_target(dynamic_dims(scaled)))  # (N, V')
-        drawn = tf.gather(scaled, indices, batch_dims=1)  # (N, D)
-        above = tf.reduce_sum(tf.where(scaled[:, None, :] > drawn[..., None], flat[:, None, :], 0.0), axis=-1)  # (N, D)
+    def in_nucleus(self, indices: tf.Tensor, top_p: float) -> tf.Tensor:
+        """Whether each drawn index ``(R, D)`` is in the nucleus: the probability strictly above its logit is below ``p``."""
+        weights = tf.reshape(self.weights, reshape_target(dynamic_dims(self.scaled)))  # (R, V')
+        drawn = tf.gather(self.scaled, indices, batch_dims=1)  # (R, D)
+        above = tf.reduce_sum(tf.where(self.scaled[:, None, :] > drawn[..., None], weights[:, None, :], 0.0), axis=-1)  # (R, D)
         # a row without a valid choice (NaN total) keeps its first draw
-        return (tf.cast(above, tf.float64) < top_p * totals[:, None]) | ~(totals > 0.0)[:, None]
+        return (tf.cast(above, tf.float64) < top_p * self.totals[:, None]) | ~(self.totals > 0.0)[:, None]
 
 
 def _first(accepted: tf.Tensor, indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -495,15 +508,16 @@ def _sample_nucleus(blocks: _Blocks, keys: tf.Tensor, top_p: float) -> tf.Tensor
 
     Row ``r`` keeps its first draw (number 0, 1, ...) that lies in the
     nucleus, so the result does not depend on the other rows. The first round
-    checks one draw of every row; the next ones take ``RETRY_ROWS`` rows still
-    drawing at a time, ``_draws(p)`` draws each.
+    checks one draw of every row (``_draws(p)`` on small vocabularies); the
+    next ones take ``RETRY_ROWS`` rows still drawing at a time, ``_draws(p)``
+    draws each.
     """
     rows, vocabulary = dynamic_dims(blocks.scaled)
     draws = _draws(top_p)
     # the first round draws once per row on large vocabularies, where each draw checked costs a pass
     first_draws = draws if isinstance(vocabulary, int) and vocabulary <= SMALL_VOCABULARY else 1
-    first = blocks.draw(None, keys, 0 if first_draws == 1 else tf.range(first_draws, dtype=tf.int32)[None, :])  # (R, D)
-    chosen, found = _first(blocks.in_nucleus(None, first, top_p), first)
+    first = blocks.draw(keys, 0 if first_draws == 1 else tf.range(first_draws, dtype=tf.int32)[None, :])  # (R, D)
+    chosen, found = _first(blocks.in_nucleus(first, top_p), first)
     chosen = tf.where(found, chosen, -1)
     tries = tf.fill(tf.shape(chosen), first_draws)
     count = min(RETRY_ROWS, rows) if isinstance(rows, int) else tf.minimum(RETRY_ROWS, rows)
@@ -512,9 +526,9 @@ def _sample_nucleus(blocks: _Blocks, keys: tf.Tensor, top_p: float) -> tf.Tensor
         missing = chosen < 0
         _, picked = tf.math.top_k(tf.cast(missing, tf.int32), k=count)  # rows still drawing, lower rows first
         valid = tf.gather(missing, picked)
-        numbers = tf.gather(tries, picked)[:, None] + tf.range(draws, dtype=tf.int32)[None, :]  # (N, D)
-        indices = blocks.draw(picked, tf.gather(keys, picked), numbers)
-        found_index, found = _first(blocks.in_nucleus(picked, indices, top_p), indices)
+        subset = blocks.rows(picked)
+        indices = subset.draw(tf.gather(keys, picked), tf.gather(tries, picked)[:, None] + tf.range(draws, dtype=tf.int32)[None, :])  # (N, D)
+        found_index, found = _first(subset.in_nucleus(indices, top_p), indices)
         update = tf.where(valid & found, found_index, tf.gather(chosen, picked))
         chosen = tf.tensor_scatter_nd_update(chosen, picked[:, None], update)
         tries = tf.tensor_scatter_nd_add(tries, picked[:, None], tf.where(valid, draws, 0))
@@ -596,7 +610,7 @@ def sample(
     else:
         blocks = _Blocks(scaled, vocabulary)
         if nucleus is None:
-            index = blocks.draw(None, keys, 0)[:, 0]
+            index = blocks.draw(keys, 0)[:, 0]
         else:
             index = _sample_nucleus(blocks, keys, nucleus)
     return tf.reshape(index, reshape_target(leading))  # (...)

@@ -94,10 +94,10 @@ def python_mix(value: int) -> int:
 def python_uniform(seed: tuple[int, int], counter: int, draw: int) -> float:
     """``sampling.uniform`` in plain Python: splitmix64 of (seed words, row counter from 1, draw)."""
     first, second = (word & MASK64 for word in seed)  # two's complement of negative words
-    key = python_mix((python_mix(first ^ 0x5851F42D4C957F2D) + second) & MASK64)
+    key = python_mix(((first ^ 0x5851F42D4C957F2D) * 0x9E3779B97F4A7C15 + second) & MASK64)
     row = python_mix((key + (counter + 1) * 0x9E3779B97F4A7C15) & MASK64)
     bits = row if draw == 0 else python_mix((row + draw * 0x9E3779B97F4A7C15) & MASK64)
-    return (bits >> 11) * 2.0**-53
+    return (bits >> 12) * 2.0**-52
 
 
 def regularized_upper_gamma(a: float, x: float) -> float:
