@@ -61,6 +61,8 @@ SMALL_VOCABULARY = 2048
 RETRY_ROWS = 8
 # top-p: the most draws a retried row makes per round
 RETRY_DRAWS = 8
+# top-k on vocabularies below 64 k: draws checked against the top k before sorting the row
+TOP_K_DRAWS = 4
 # the block size of the block path when the vocabulary is only known at run time
 DYNAMIC_BLOCK = 256
 
@@ -402,7 +404,7 @@ def _pad(values: tf.Tensor, padding: int | tf.Tensor) -> tf.Tensor:
     return tf.pad(values, [[0, 0], [0, padding]], constant_values=-np.inf)
 
 
-def _sample_candidates(values: tf.Tensor, indices: tf.Tensor | None, keys: tf.Tensor, top_p: float | None) -> tf.Tensor:
+def _sample_candidates(values: tf.Tensor, indices: tf.Tensor | None, keys: tf.Tensor, top_p: float | None, draw: int = 0) -> tf.Tensor:
     """Draws from a few candidates per row, in float64.
 
     Args:
@@ -410,6 +412,7 @@ def _sample_candidates(values: tf.Tensor, indices: tf.Tensor | None, keys: tf.Te
         indices: ``(R, K)`` int32 vocabulary index of each candidate, or ``None`` (the position).
         keys: ``(R,)`` row keys.
         top_p: ``None`` or a float in ``(0, 1)``: the nucleus among the candidates.
+        draw: the number of the row's uniform to use.
 
     Returns:
         ``(R,)`` int32 indices.
@@ -422,7 +425,7 @@ def _sample_candidates(values: tf.Tensor, indices: tf.Tensor | None, keys: tf.Te
         total = tf.reduce_sum(weights, axis=-1, keepdims=True)
         threshold = tf.reduce_min(tf.where(before < top_p * total, values, tf.constant(np.inf, values.dtype)), axis=-1, keepdims=True)
         weights = tf.where(values >= threshold, weights, 0.0)
-    position, _ = _inverse_cdf(weights, _uniform(keys, 0)[:, None])  # (R, 1)
+    position, _ = _inverse_cdf(weights, _uniform(keys, draw)[:, None])  # (R, 1)
     if indices is None:
         return position[:, 0]
     return tf.gather(indices, position, batch_dims=1)[:, 0]
@@ -501,6 +504,39 @@ def _first(accepted: tf.Tensor, indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tenso
     """The first accepted index of each row of ``(N, D)``, and whether there is one."""
     position = tf.argmax(tf.cast(accepted, tf.int32), axis=-1, output_type=tf.int32)
     return tf.gather(indices, position[:, None], batch_dims=1)[:, 0], tf.reduce_any(accepted, axis=-1)
+
+
+def _in_top_k(blocks: _Blocks, indices: tf.Tensor, top_k: int) -> tf.Tensor:
+    """Whether each drawn index ``(R, D)`` is among the ``k`` largest logits (ties: the lower indices)."""
+    drawn = tf.gather(blocks.scaled, indices, batch_dims=1)[..., None]  # (R, D, 1)
+    scaled = blocks.scaled[:, None, :]  # (R, 1, V')
+    positions = tf.range(dynamic_dims(blocks.scaled)[-1], dtype=indices.dtype)
+    before = (scaled > drawn) | ((scaled == drawn) & (positions < indices[..., None]))  # (R, D, V')
+    return tf.reduce_sum(tf.cast(before, tf.int32), axis=-1) < top_k
+
+
+def _sample_top_k(blocks: _Blocks, keys: tf.Tensor, top_k: int) -> tf.Tensor:
+    """Top-k without sorting every row: ``TOP_K_DRAWS`` draws from the whole softmax, the first in the top k wins.
+
+    A row whose draws all fall outside (its top k hold little probability) then
+    draws exactly, with ``tf.math.top_k`` on its row, ``RETRY_ROWS`` such rows
+    at a time. Either way the draw follows the top k's renormalised softmax,
+    and depends on the row's seed and logits only.
+    """
+    rows = dynamic_dims(blocks.scaled)[0]
+    first = blocks.draw(keys, tf.range(TOP_K_DRAWS, dtype=tf.int32)[None, :])  # (R, D)
+    chosen, found = _first(_in_top_k(blocks, first, top_k), first)
+    chosen = tf.where(found, chosen, -1)
+    count = min(RETRY_ROWS, rows) if isinstance(rows, int) else tf.minimum(RETRY_ROWS, rows)
+
+    def exact(chosen: tf.Tensor) -> tuple[tf.Tensor]:
+        missing = chosen < 0
+        _, picked = tf.math.top_k(tf.cast(missing, tf.int32), k=count)  # rows still drawing, lower rows first
+        values, indices = tf.math.top_k(tf.gather(blocks.scaled, picked), k=top_k)  # (N, k)
+        drawn = _sample_candidates(values, indices, tf.gather(keys, picked), None, draw=TOP_K_DRAWS)
+        return (tf.tensor_scatter_nd_update(chosen, picked[:, None], tf.where(tf.gather(missing, picked), drawn, tf.gather(chosen, picked))),)
+
+    return tf.while_loop(lambda chosen: tf.reduce_any(chosen < 0), exact, (chosen,))[0]
 
 
 def _sample_nucleus(blocks: _Blocks, keys: tf.Tensor, top_p: float) -> tf.Tensor:
@@ -603,8 +639,11 @@ def sample(
     scaled = tf.reshape(_scale(logits, temperature), reshape_target([-1, vocabulary]))  # (R, V)
     nucleus = top_p if top_p is not None and top_p < 1.0 else None
     if top_k is not None and not (isinstance(vocabulary, int) and top_k >= vocabulary):
-        values, indices = _largest(scaled, top_k)  # (R, K)
-        index = _sample_candidates(values, indices, keys, nucleus)
+        if nucleus is None and isinstance(vocabulary, int) and vocabulary < 64 * top_k:
+            index = _sample_top_k(_Blocks(scaled, vocabulary), keys, top_k)
+        else:
+            values, indices = _largest(scaled, top_k)  # (R, K)
+            index = _sample_candidates(values, indices, keys, nucleus)
     elif nucleus is None and isinstance(vocabulary, int) and vocabulary <= SMALL_VOCABULARY:
         index = _sample_candidates(scaled, None, keys, None)
     else:

@@ -415,6 +415,18 @@ def test_frequencies_match_the_distribution_on_a_large_vocabulary(large_draws, c
     check_frequencies(samples, expected, groups=[first_tail, second_tail])
 
 
+def test_top_k_when_most_draws_miss_it():
+    # top-k below 64 k tokens checks four draws from the whole softmax, then sorts the rows they all missed:
+    # here the top 3 hold a quarter of the probability, so about a third of the rows take each way
+    logits = np.zeros((1, 300), np.float32)
+    logits[0, [40, 7, 250]] = np.log([60.0, 30.0, 10.0])
+    expected = np.zeros(300)
+    expected[[40, 7, 250]] = [0.6, 0.3, 0.1]
+    check_frequencies(draws(logits, 6000, top_k=3), expected)
+    # flat logits: the top 1 is the lowest index, drawn although almost every draw misses it
+    np.testing.assert_array_equal(draws(np.zeros((1, 300), np.float32), 100, top_k=1), 0)
+
+
 def test_large_vocabulary_with_a_tie_straddling_the_nucleus():
     # one large logit, then ~3000 tied ones: the nucleus of 0.95 ends inside the tie, so every tied index stays possible
     logits = np.zeros((1, LARGE), np.float32)
