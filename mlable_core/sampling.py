@@ -243,8 +243,8 @@ def candidates(
 
     Example:
         >>> values, indices = candidates(tf.math.log([[0.2, 0.5, 0.3]]), top_p=0.6)
-        >>> indices.numpy().tolist(), values.numpy().round(2).tolist()
-        ([[1, 2, 0]], [[-0.69, -1.2, -inf]])
+        >>> indices.numpy().tolist(), [round(float(value), 2) for value in values[0]]
+        ([[1, 2, 0]], [-0.69, -1.2, -inf])
     """
     logits = _check_logits(logits)
     temperature = _check_temperature(temperature)

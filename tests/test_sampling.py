@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import pathlib
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from mlable_core import testing as core_testing
 from tests import strategies
 
 SEED = tf.constant([7, 11], dtype=tf.int32)
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 # above SMALL_VOCABULARY: the block path (softmax blocks, block-max top-k, rejection top-p)
 LARGE = 3001
 
@@ -643,3 +645,21 @@ def test_runtime_depth_error_in_graph():
     function = tf.function(lambda x: sampling.binary(x, 3), input_signature=[tf.TensorSpec([None, None], tf.float32)])
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"`depth` must divide the last axis of `values`"):
         function(tf.zeros((2, 8)))
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    result = doctest.testmod(sampling, extraglobs={"tf": tf}, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_readme_lines_run():
+    # the sampling lines of the README's "Text, Hilbert folding and sampling" block, as they stand there
+    with open(ROOT / "README.md", encoding="utf-8") as handle:
+        lines = [line.split("#")[0] for line in handle if line.startswith(("logits = tf.math.log", "sampling.sample(", "sampling.binary("))]
+    assert len(lines) == 4
+    namespace = {"tf": tf, "sampling": sampling}
+    for line in lines:
+        exec(line, namespace)  # noqa: S102 - the README's own lines
+    assert sampling.sample(namespace["logits"], seed=tf.constant([[1, 2]]), top_p=0.9).shape == (1,)
