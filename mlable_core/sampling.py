@@ -16,14 +16,17 @@ renormalised, exactly (up to float rounding).
 How: one uniform per row drawn by inverse CDF, no noise per logit and no sort
 of the vocabulary. The rows are cut into blocks of about ``sqrt(V)`` logits;
 one pass computes ``softmax`` and the mass of every block, the uniform picks a
-block from the block masses, then an index inside the block. Top-k finds its
-``k`` logits among the ``k`` blocks with the largest maxima (a block-max pass,
-then ``tf.math.top_k`` on a twentieth of the vocabulary). Top-p is rejection
+block from the block masses, then an index inside the block (rows of at most
+``SMALL_VOCABULARY`` logits use one cumulative sum instead). Top-k on
+``V >= 64 k`` finds its ``k`` logits among the ``k`` blocks with the largest
+maxima (a block-max pass, then ``tf.math.top_k`` on a sixteenth of the
+vocabulary) and draws among them; on smaller vocabularies it draws from the
+whole softmax and keeps the first of ``TOP_K_DRAWS`` draws that lies in the
+top k, sorting only the rows that all of them miss. Top-p is rejection
 sampling: an index drawn from the whole softmax is kept when the probability
 of the logits strictly above it is below ``p`` (which is exactly the nucleus
 rule), else the row draws again; at least a fraction ``p`` of the draws are
-kept. Small vocabularies (``V <= SMALL_VOCABULARY``) and top-k candidates are
-sorted instead, which is cheap there.
+kept. After top-k, top-p works on the ``k`` sorted candidates.
 
 Randomness is stateless and counter-based: ``seed`` is an int32 / int64 tensor
 of shape ``(2,)`` (one seed for the call; row ``r`` of the flattened leading
@@ -55,7 +58,7 @@ from mlable_core.reshaping import dynamic_dims, reshape_target
 
 # int32 outputs hold at most 31 bits
 MAX_DEPTH = 31
-# at most this many choices per row: sample by sorting (top-p) or by one cumulative sum over the row
+# at most this many choices per row: temperature alone samples with one cumulative sum over the row
 SMALL_VOCABULARY = 2048
 # top-p: rows still drawing after the first round are handled this many at a time
 RETRY_ROWS = 8
@@ -587,15 +590,16 @@ def sample(
     ``-inf`` are never drawn, unless a whole row is ``-inf`` (no valid choice;
     some index is returned).
 
-    Each row uses one uniform (by inverse CDF), or a few with top-p (a draw
-    outside the nucleus is drawn again, see the module docstring), from a
-    counter-based hash of its seed: see ``uniform``.
+    Each row uses one uniform (by inverse CDF), or a few when a draw is
+    checked against the kept set and drawn again (see the module docstring),
+    from a counter-based hash of its seed: see ``uniform``.
 
-    Cost on ``(R, V)`` logits with ``V > SMALL_VOCABULARY``: one softmax pass,
-    a block-sum pass and work on ``sqrt(V)`` entries per row; top-k adds a
-    block-max pass and ``tf.math.top_k`` on ``16 k`` logits per row (when
-    ``V >= 64 k``); top-p without top-k adds one masked-sum pass and a small
-    pass over the few rows that draw again (about a fraction ``1 - p`` of them).
+    Cost on ``(R, V)`` logits: one softmax pass, a block-sum pass and work on
+    ``sqrt(V)`` entries per row; top-k with ``V >= 64 k`` is instead a
+    block-max pass and ``tf.math.top_k`` on ``16 k`` logits per row, below
+    that one comparison pass per checked draw; top-p without top-k adds one
+    masked-sum pass and a small pass over the few rows that draw again (about
+    a fraction ``1 - p`` of them).
 
     Args:
         logits: a float tensor of shape ``(..., V)``; may contain ``-inf``.
