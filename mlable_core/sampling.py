@@ -542,6 +542,43 @@ def _sample_top_k(blocks: _Blocks, keys: tf.Tensor, top_k: int) -> tf.Tensor:
     return tf.while_loop(lambda chosen: tf.reduce_any(chosen < 0), exact, (chosen,))[0]
 
 
+def _order_keys(values: tf.Tensor) -> tf.Tensor:
+    """int32 keys in the order of the float32 ``values`` (``-0.0`` counted as ``+0.0``, ``-inf`` lowest)."""
+    bits = tf.bitcast(values + 0.0, tf.int32)  # x + 0.0 turns -0.0 into +0.0
+    # negative floats: the larger the magnitude bits, the smaller the value
+    return tf.where(bits < 0, tf.bitwise.bitwise_xor(bits, tf.constant(0x7FFFFFFF, tf.int32)), bits)
+
+
+def _exact_nucleus(blocks: _Blocks, keys: tf.Tensor, draws: tf.Tensor, top_p: float) -> tf.Tensor:
+    """Draws from the nucleus of each row found exactly: the rows whose draws kept missing it.
+
+    The nucleus is every logit whose key is >= ``T``, the smallest int32 key
+    with a probability strictly above it below ``p``: found by bisection, 32
+    masked sums over the row, no sort.
+
+    Args:
+        blocks: the rows (a few, gathered).
+        keys: ``(N,)`` row keys.
+        draws: ``(N,)`` the number of the uniform each row uses.
+    """
+    order = tf.cast(_order_keys(blocks.scaled), tf.int64)  # (N, V')
+    weights = tf.reshape(blocks.weights, reshape_target(dynamic_dims(blocks.scaled)))  # (N, V')
+    target = top_p * blocks.totals
+
+    def halve(step: tf.Tensor, low: tf.Tensor, high: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        # the mass above low reaches p, the mass above high does not
+        middle = low + (high - low) // 2
+        above = tf.reduce_sum(tf.where(order > middle[:, None], weights, 0.0), axis=-1)
+        inside = tf.cast(above, tf.float64) < target
+        return step + 1, tf.where(inside, low, middle), tf.where(inside, middle, high)
+
+    low, high = tf.reduce_min(order, axis=-1) - 1, tf.reduce_max(order, axis=-1)
+    _, _, high = tf.while_loop(lambda step, low, high: step < 32, halve, (tf.constant(0), low, high))
+    kept = tf.cast(tf.where(order >= high[:, None], weights, 0.0), tf.float64)  # (N, V')
+    index, _ = _inverse_cdf(kept, _uniform(keys, draws)[:, None])
+    return index[:, 0]
+
+
 def _sample_nucleus(blocks: _Blocks, keys: tf.Tensor, top_p: float) -> tf.Tensor:
     """Rejection sampling of the nucleus: every row draws, the rows whose draw is outside draw again.
 
@@ -549,31 +586,41 @@ def _sample_nucleus(blocks: _Blocks, keys: tf.Tensor, top_p: float) -> tf.Tensor
     nucleus, so the result does not depend on the other rows. The first round
     checks one draw of every row (``_draws(p)`` on small vocabularies); the
     next ones take ``RETRY_ROWS`` rows still drawing at a time, ``_draws(p)``
-    draws each.
+    draws each, twice at most; a row still outside then draws from its
+    nucleus found exactly (``_exact_nucleus``), which costs 32 masked sums over
+    the row. Either way the draw follows the nucleus's renormalised softmax.
     """
     rows, vocabulary = dynamic_dims(blocks.scaled)
     draws = _draws(top_p)
     # the first round draws once per row on large vocabularies, where each draw checked costs a pass
     first_draws = draws if isinstance(vocabulary, int) and vocabulary <= SMALL_VOCABULARY else 1
+    budget = first_draws + 2 * draws
     first = blocks.draw(keys, 0 if first_draws == 1 else tf.range(first_draws, dtype=tf.int32)[None, :])  # (R, D)
     chosen, found = _first(blocks.in_nucleus(first, top_p), first)
     chosen = tf.where(found, chosen, -1)
     tries = tf.fill(tf.shape(chosen), first_draws)
     count = min(RETRY_ROWS, rows) if isinstance(rows, int) else tf.minimum(RETRY_ROWS, rows)
 
+    def pick(candidates: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        _, picked = tf.math.top_k(tf.cast(candidates, tf.int32), k=count)  # lower rows first
+        return picked, tf.gather(candidates, picked)
+
     def retry(chosen: tf.Tensor, tries: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        missing = chosen < 0
-        _, picked = tf.math.top_k(tf.cast(missing, tf.int32), k=count)  # rows still drawing, lower rows first
-        valid = tf.gather(missing, picked)
+        picked, valid = pick((chosen < 0) & (tries < budget))
         subset = blocks.rows(picked)
         indices = subset.draw(tf.gather(keys, picked), tf.gather(tries, picked)[:, None] + tf.range(draws, dtype=tf.int32)[None, :])  # (N, D)
         found_index, found = _first(subset.in_nucleus(indices, top_p), indices)
-        update = tf.where(valid & found, found_index, tf.gather(chosen, picked))
-        chosen = tf.tensor_scatter_nd_update(chosen, picked[:, None], update)
+        chosen = tf.tensor_scatter_nd_update(chosen, picked[:, None], tf.where(valid & found, found_index, tf.gather(chosen, picked)))
         tries = tf.tensor_scatter_nd_add(tries, picked[:, None], tf.where(valid, draws, 0))
         return chosen, tries
 
-    chosen, _ = tf.while_loop(lambda chosen, tries: tf.reduce_any(chosen < 0), retry, [chosen, tries])
+    def exact(chosen: tf.Tensor, tries: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        picked, valid = pick(chosen < 0)
+        drawn = _exact_nucleus(blocks.rows(picked), tf.gather(keys, picked), tf.gather(tries, picked), top_p)
+        return tf.tensor_scatter_nd_update(chosen, picked[:, None], tf.where(valid, drawn, tf.gather(chosen, picked))), tries
+
+    chosen, tries = tf.while_loop(lambda chosen, tries: tf.reduce_any((chosen < 0) & (tries < budget)), retry, (chosen, tries))
+    chosen, _ = tf.while_loop(lambda chosen, tries: tf.reduce_any(chosen < 0), exact, (chosen, tries))
     return chosen
 
 

@@ -429,6 +429,19 @@ def test_top_k_when_most_draws_miss_it():
     np.testing.assert_array_equal(draws(np.zeros((1, 300), np.float32), 100, top_k=1), 0)
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["graph", "xla"])
+def test_a_tiny_nucleus_is_found_exactly(compiled):
+    # p = 0.006 keeps 2 tokens holding 0.7% of the probability: nearly every draw misses them, so after
+    # its draws a row finds its nucleus by bisection; ties around it (the flat tail) stay out
+    probabilities = np.full(LARGE, (1 - 0.009) / (LARGE - 3))
+    probabilities[[10, 20, 30]] = [0.004, 0.003, 0.002]
+    tiled = np.repeat(np.log(probabilities).astype(np.float32)[None], 400, axis=0)
+    samples = sampler(dict(top_p=0.006), compiled)(tiled, SEED).numpy()
+    expected, margin = kept_probabilities(tiled[0], top_p=0.006)
+    assert margin > 1e-4 and np.count_nonzero(expected) == 2
+    check_frequencies(samples, expected)
+
+
 def test_large_vocabulary_with_a_tie_straddling_the_nucleus():
     # one large logit, then ~3000 tied ones: the nucleus of 0.95 ends inside the tie, so every tied index stays possible
     logits = np.zeros((1, LARGE), np.float32)
