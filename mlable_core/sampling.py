@@ -60,7 +60,7 @@ from mlable_core.reshaping import dynamic_dims, reshape_target
 MAX_DEPTH = 31
 # at most this many choices per row: temperature alone samples with one cumulative sum over the row
 SMALL_VOCABULARY = 2048
-# top-p: rows still drawing after the first round are handled this many at a time
+# top-p and top-k: the rows still drawing after the first round are handled this many at a time
 RETRY_ROWS = 8
 # top-p: the most draws a retried row makes per round
 RETRY_DRAWS = 8
@@ -82,6 +82,8 @@ def _check_logits(logits: Any, name: str = "logits") -> tf.Tensor:
         raise ValueError(f"`{name}` must have rank >= 1 (the choices on the last axis). Received: shape={logits.shape}")
     if not logits.dtype.is_floating:
         raise TypeError(f"`{name}` must be a float tensor. Received: dtype={logits.dtype.name}, shape={logits.shape}")
+    if logits.shape[-1] == 0:
+        raise ValueError(f"`{name}` must have at least one choice on the last axis. Received: shape={shapes.format_shape(logits.shape)}")
     return logits
 
 

@@ -510,6 +510,15 @@ def test_rows_without_a_valid_choice_return_an_index(vocabulary):
         assert samples[1] == 4 and ((samples >= 0) & (samples < vocabulary)).all(), kwargs
 
 
+@pytest.mark.parametrize("shape", [(0, 5), (0, LARGE), (3, 1), (2, 1, 1), (5,)])
+def test_edge_shapes(shape):
+    logits = np.random.default_rng(10).normal(size=shape).astype(np.float32)
+    for kwargs in EQUALITY_CASES:
+        samples = sampling.sample(logits, SEED, **kwargs).numpy()
+        assert samples.shape == shape[:-1] and samples.dtype == np.int32
+        assert ((samples >= 0) & (samples < shape[-1])).all()
+
+
 def test_compiled_generation_loop_with_unknown_dims():
     """The way a compiled decoder calls it: inside tf.while_loop, one folded seed per step."""
 
@@ -623,6 +632,7 @@ ERRORS = [
     (lambda: sampling.sample(LOGITS, None, temperature=0), ValueError, r"Received: seed=None"),
     # logits
     (lambda: sampling.sample(tf.zeros((2, 8), tf.int32), SEED), TypeError, r"`logits` must be a float tensor\. Received: dtype=int32, shape=\(2, 8\)"),
+    (lambda: sampling.sample(tf.zeros((2, 0)), SEED), ValueError, r"`logits` must have at least one choice on the last axis\. Received: shape=\(2, 0\)"),
     (lambda: sampling.greedy(tf.constant(1.0)), ValueError, r"`logits` must have rank >= 1 \(the choices on the last axis\)\. Received: shape=\(\)"),
     # candidates, uniform, gumbel
     (lambda: sampling.candidates(LOGITS, temperature=0.0), ValueError, r"`temperature` must be > 0 for `candidates`"),
