@@ -61,7 +61,7 @@ MAX_DEPTH = 31
 # at most this many choices per row: temperature alone samples with one cumulative sum over the row
 SMALL_VOCABULARY = 2048
 # top-p and top-k: the rows still drawing after the first round are handled this many at a time
-RETRY_ROWS = 8
+RETRY_ROWS = 16
 # top-p: the most draws a retried row makes per round
 RETRY_DRAWS = 8
 # top-k on vocabularies below 64 k: draws checked against the top k before sorting the row
