@@ -107,22 +107,24 @@ def _check_seed(seed: Any) -> tf.Tensor:
     return seed
 
 
-def _check_row_seed(seed: Any, logits: tf.Tensor) -> tuple[tf.Tensor, list[tf.Operation]]:
+def _check_row_seed(seed: Any, logits: tf.Tensor | tf.TensorShape) -> tuple[tf.Tensor, list[tf.Operation]]:
     """A seed of shape ``(2,)`` or ``(*prefix, 2)``, ``prefix`` leading ``logits.shape[:-1]``.
 
-    Returns the seed and the run-time checks of the prefix dims unknown while tracing.
+    Returns the seed and the run-time checks of the prefix dims unknown while
+    tracing (``logits`` may be a fully known shape, which needs none).
     """
     seed = _convert_seed(seed, "a shape (2,) or (*prefix, 2)")
-    leading = tuple(logits.shape.as_list()[:-1])
+    shape = logits if isinstance(logits, tf.TensorShape) else logits.shape
+    leading = tuple(shape.as_list()[:-1])
     expected = f"(2,) or (*prefix, 2) with `prefix` a leading prefix of the logits' leading shape {shapes.format_shape(leading)}"
     if seed.shape.rank is None:
         raise ValueError(f"`seed` must have a known rank: shape {expected}. Received: shape=<unknown rank>")
     static = tuple(seed.shape.as_list())
     prefix = static[:-1]
     if seed.shape.rank == 0 or static[-1] not in (2, None) or len(prefix) > len(leading):
-        raise ValueError(f"`seed` must have shape {expected}. Received: seed shape={shapes.format_shape(static)}, logits shape={shapes.format_shape(logits.shape)}")
+        raise ValueError(f"`seed` must have shape {expected}. Received: seed shape={shapes.format_shape(static)}, logits shape={shapes.format_shape(shape)}")
     checks = []
-    message = f"`seed` must have shape {expected}. Received: seed shape={shapes.format_shape(static)}, logits shape={shapes.format_shape(logits.shape)}"
+    message = f"`seed` must have shape {expected}. Received: seed shape={shapes.format_shape(static)}, logits shape={shapes.format_shape(shape)}"
     for axis, (dim, expected_dim) in enumerate(zip(prefix, leading)):
         if dim is not None and expected_dim is not None:
             if dim != expected_dim:
@@ -354,7 +356,7 @@ def uniform(seed: Any, shape: Any, draw: int = 0) -> tf.Tensor:
     """
     shape = [shapes.check_int(dim, "shape", minimum=0) for dim in shape]
     draw = shapes.check_int(draw, "draw", minimum=0)
-    seed, checks = _check_row_seed(seed, tf.zeros(shape + [1]))
+    seed, checks = _check_row_seed(seed, tf.TensorShape(shape + [1]))
     with tf.control_dependencies(checks):
         return tf.reshape(_uniform(_row_keys(seed, shape), draw), shape)
 
@@ -469,25 +471,30 @@ def _draws(top_p: float) -> int:
 
 
 class _Blocks:
-    """A softmax over ``(R, V)`` cut into blocks: the weights, each block's mass, each row's total."""
+    """A softmax over ``(R, V)`` cut into blocks: the logits, the weights, each block's mass, each row's total."""
 
-    def __init__(self, scaled: tf.Tensor | None = None, vocabulary: int | tf.Tensor | None = None):
-        if scaled is None:  # a view, see rows()
-            return
+    def __init__(self, scaled: tf.Tensor, weights: tf.Tensor, masses: tf.Tensor, totals: tf.Tensor, block: int):
+        self.scaled = scaled  # (R, V'), float32, padded with -inf
+        self.weights = weights  # (R, V' / block, block), float32
+        self.masses = masses  # (R, V' / block), float64
+        self.totals = totals  # (R,), float64; NaN for a row without a finite logit
+        self.block = block
+
+    @classmethod
+    def of(cls, scaled: tf.Tensor, vocabulary: int | tf.Tensor) -> _Blocks:
+        """One softmax pass and one block-sum pass over ``scaled`` ``(R, V)``."""
         target = DYNAMIC_BLOCK if not isinstance(vocabulary, int) else 1 << max(2, math.ceil(math.log2(math.sqrt(vocabulary))))
-        self.block, count, padding = _layout(vocabulary, target)
+        block, count, padding = _layout(vocabulary, target)
         rows = dynamic_dims(scaled)[0]
-        self.scaled = _pad(scaled, padding)  # (R, V')
-        self.weights = tf.reshape(tf.nn.softmax(self.scaled, axis=-1), reshape_target([rows, count, self.block]))  # (R, V' / block, block)
-        self.masses = tf.cast(tf.reduce_sum(self.weights, axis=-1), tf.float64)  # (R, V' / block)
-        self.totals = tf.reduce_sum(self.masses, axis=-1)  # (R,); NaN for a row without a finite logit
+        scaled = _pad(scaled, padding)  # (R, V')
+        weights = tf.reshape(tf.nn.softmax(scaled, axis=-1), reshape_target([rows, count, block]))  # (R, V' / block, block)
+        masses = tf.cast(tf.reduce_sum(weights, axis=-1), tf.float64)  # (R, V' / block)
+        return cls(scaled, weights, masses, tf.reduce_sum(masses, axis=-1), block)
 
     def rows(self, picked: tf.Tensor) -> _Blocks:
-        """The same for the rows ``picked`` ``(N,)`` only (gathered once)."""
-        view = _Blocks()
-        view.block = self.block
-        view.scaled, view.weights, view.masses, view.totals = (tf.gather(value, picked) for value in (self.scaled, self.weights, self.masses, self.totals))
-        return view
+        """The same for the rows ``picked`` ``(N,)`` only, gathered once."""
+        gathered = (tf.gather(value, picked) for value in (self.scaled, self.weights, self.masses, self.totals))
+        return _Blocks(*gathered, self.block)
 
     def draw(self, keys: tf.Tensor, draws: int | tf.Tensor) -> tf.Tensor:
         """Indices ``(R, D)`` drawn from the softmax, for draw numbers ``(R or 1, D)`` (the int 0: ``D = 1``)."""
@@ -693,14 +700,14 @@ def sample(
     nucleus = top_p if top_p is not None and top_p < 1.0 else None
     if top_k is not None and not (isinstance(vocabulary, int) and top_k >= vocabulary):
         if nucleus is None and isinstance(vocabulary, int) and vocabulary < 64 * top_k:
-            index = _sample_top_k(_Blocks(scaled, vocabulary), keys, top_k)
+            index = _sample_top_k(_Blocks.of(scaled, vocabulary), keys, top_k)
         else:
             values, indices = _largest(scaled, top_k)  # (R, K)
             index = _sample_candidates(values, indices, keys, nucleus)
     elif nucleus is None and isinstance(vocabulary, int) and vocabulary <= SMALL_VOCABULARY:
         index = _sample_candidates(scaled, None, keys, None)
     else:
-        blocks = _Blocks(scaled, vocabulary)
+        blocks = _Blocks.of(scaled, vocabulary)
         if nucleus is None:
             index = blocks.draw(keys, 0)[:, 0]
         else:
