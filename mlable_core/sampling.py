@@ -271,6 +271,12 @@ def candidates(
 def gumbel(shape: Any, seed: Any) -> tf.Tensor:
     """Standard Gumbel noise ``-log(-log(u))``, ``u`` uniform in ``(0, 1)``, from a stateless seed.
 
+    For the Gumbel-max trick (``argmax(logits + gumbel(...))`` draws from
+    ``softmax(logits)``) or Gumbel-top-k. ``sample`` no longer uses it: it
+    needs one random number per logit, where the inverse CDF needs one per row.
+    The noise comes from ``tf.random.stateless_uniform`` (Philox), whose stream
+    differs under XLA.
+
     Args:
         shape: the output shape (a list of ints or a 1-D int tensor).
         seed: a shape ``(2,)`` int32 / int64 tensor.

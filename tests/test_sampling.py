@@ -230,6 +230,15 @@ def test_uniforms_are_uniform_and_independent():
     assert abs(np.corrcoef(values, other)[0, 1]) < 0.04  # 5 standard deviations
 
 
+def test_gumbel_noise_follows_the_gumbel_law():
+    noise = sampling.gumbel([20_000], SEED).numpy()
+    np.testing.assert_array_equal(sampling.gumbel([20_000], SEED).numpy(), noise)
+    # ten bins of probability 0.1 each under the CDF exp(-exp(-x))
+    edges = -np.log(-np.log(np.arange(1, 10) / 10))
+    check_frequencies(np.searchsorted(edges, noise), np.full(10, 0.1))
+    assert abs(noise.mean() - 0.5772156649) < 0.05  # Euler's constant; the standard deviation of the mean is 0.009
+
+
 # greedy and candidates ------------------------------------------------------------------------
 
 
