@@ -10,8 +10,11 @@ What ``sample`` keeps: top-k keeps exactly ``k`` logits (on ties, the lower
 index first, as ``tf.math.top_k``); top-p keeps the smallest prefix of the
 sorted logits whose probability reaches ``p``, and the logits tied with its
 last one, i.e. every index whose logit is >= a threshold; ``candidates``
-shows the kept set. The index is drawn from the kept probabilities,
-renormalised, exactly (up to float rounding).
+shows the kept set. The order is the logits' own: the temperature changes
+the probabilities, not the order (mlable 0.21 ordered ``logits / temperature``
+in float32, where two logits one ulp apart can round to a tie). The index is
+drawn from the kept probabilities, renormalised, exactly (up to float
+rounding).
 
 How: one uniform per row drawn by inverse CDF, no noise per logit and no sort
 of the vocabulary. The rows are cut into blocks of about ``sqrt(V)`` logits;
@@ -194,25 +197,30 @@ def _count(requested: int, vocabulary: int | tf.Tensor) -> int | tf.Tensor:
     return min(requested, vocabulary) if isinstance(vocabulary, int) else tf.minimum(requested, vocabulary)
 
 
+def _kept_weights(values: tf.Tensor, temperature: float, top_p: float | None) -> tuple[tf.Tensor, tf.Tensor]:
+    """The float64 weights of sorted candidates and the nucleus among them.
 
-def _nucleus(values: tf.Tensor, log_total: tf.Tensor, top_p: float) -> tuple[tf.Tensor, tf.Tensor]:
-    """Sets to ``-inf`` the sorted ``values`` below the nucleus of probability ``top_p``.
-
-    ``values`` are in decreasing order and ``log_total`` is the log of the
-    normalizer (over every logit still in play). The prefix grows while the
-    probability before its next position stays below ``p`` (so the first
-    position is always in); then every value at least as large as the last one
-    in it is kept (ties included).
+    Args:
+        values: ``(..., K)`` float32 logits in decreasing order (before the temperature).
+        temperature: a float > 0.
+        top_p: ``None`` or a float in ``(0, 1)``.
 
     Returns:
-        The masked values and the threshold (the last kept value), ``(..., 1)``.
+        ``(weights, kept)``: ``exp((value - max) / temperature)`` in float64, 0
+        outside the nucleus, and the boolean nucleus: the smallest prefix whose
+        probability reaches ``p``, with every value tied with its last one.
     """
-    probabilities = tf.exp(values - log_total)
-    before = tf.cumsum(probabilities, axis=-1, exclusive=True)
+    scores = tf.cast(values, tf.float64)
+    top = tf.reduce_max(scores, axis=-1, keepdims=True)
+    weights = tf.exp((scores - tf.where(top > -np.inf, top, 0.0)) / temperature)  # -inf logits weigh 0
+    if top_p is None:
+        return weights, tf.ones_like(values, tf.bool)
+    before = tf.cumsum(weights, axis=-1, exclusive=True)
+    total = tf.reduce_sum(weights, axis=-1, keepdims=True)
     # a reduction rather than a slice: XLA then still sees top_k as a TopK, not as a full sort
-    threshold = tf.reduce_min(tf.where(before < top_p, values, tf.constant(np.inf, tf.float32)), axis=-1, keepdims=True)
-    return tf.where(values >= threshold, values, tf.constant(-np.inf, tf.float32)), threshold
-
+    threshold = tf.reduce_min(tf.where(before < top_p * total, values, tf.constant(np.inf, values.dtype)), axis=-1, keepdims=True)
+    kept = values >= threshold
+    return tf.where(kept, weights, 0.0), kept
 
 
 def candidates(
@@ -222,11 +230,11 @@ def candidates(
 
     The steps run in this order, each on the result of the previous one:
 
-    1. ``logits / temperature``, in float32;
-    2. top-k: keep the ``k`` largest logits (``tf.math.top_k``: on ties the
-       lower index comes first); ``k >= V`` keeps all;
-    3. top-p (nucleus): with the probabilities ``softmax`` over what is left,
-       keep the smallest prefix of the sorted logits whose probability reaches
+    1. order the logits (float32), largest first; on ties the lower index
+       comes first (``tf.math.top_k``); the temperature changes no order;
+    2. top-k: keep the ``k`` first; ``k >= V`` keeps all;
+    3. top-p (nucleus): with the probabilities ``softmax(logits / temperature)``
+       over what is left, keep the smallest prefix whose probability reaches
        ``p`` and the logits equal to its last one; the others become ``-inf``.
        ``p = 1`` keeps all.
 
@@ -242,7 +250,8 @@ def candidates(
 
     Returns:
         ``(values, indices)``: float32 and int32 tensors of shape ``(..., K)``,
-        ``K = min(top_k, V)`` with top-k, else ``V``.
+        ``K = min(top_k, V)`` with top-k, else ``V``; ``values`` are
+        ``logits / temperature``, ``-inf`` where dropped.
 
     Raises:
         TypeError: ``logits`` is not a float tensor, or an argument has the wrong type.
@@ -258,14 +267,11 @@ def candidates(
     if temperature == 0:
         raise ValueError("`temperature` must be > 0 for `candidates` (`sample` reads temperature=0 as greedy). Received: temperature=0.0")
     top_k, top_p = _check_top_k(top_k), _check_top_p(top_p)
-    scaled = _scale(logits, temperature)
-    vocabulary = dynamic_dims(scaled)[-1]
-    values, indices = tf.math.top_k(scaled, k=vocabulary if top_k is None else _count(top_k, vocabulary))  # (..., K)
-    if top_p is not None and top_p < 1.0:
-        log_total = tf.reduce_logsumexp(values if top_k else scaled, axis=-1, keepdims=True)
-        values, _ = _nucleus(values, log_total, top_p)
-    return values, indices
-
+    values = tf.cast(logits, tf.float32)
+    vocabulary = dynamic_dims(values)[-1]
+    values, indices = tf.math.top_k(values, k=vocabulary if top_k is None else _count(top_k, vocabulary))  # (..., K)
+    _, kept = _kept_weights(values, temperature, top_p if top_p is not None and top_p < 1.0 else None)
+    return tf.where(kept, _scale(values, temperature), tf.constant(-np.inf, tf.float32)), indices
 
 
 def gumbel(shape: Any, seed: Any) -> tf.Tensor:
@@ -417,27 +423,21 @@ def _pad(values: tf.Tensor, padding: int | tf.Tensor) -> tf.Tensor:
     return tf.pad(values, [[0, 0], [0, padding]], constant_values=-np.inf)
 
 
-def _sample_candidates(values: tf.Tensor, indices: tf.Tensor | None, keys: tf.Tensor, top_p: float | None, draw: int = 0) -> tf.Tensor:
+def _sample_candidates(values: tf.Tensor, indices: tf.Tensor | None, keys: tf.Tensor, temperature: float, top_p: float | None, draw: int = 0) -> tf.Tensor:
     """Draws from a few candidates per row, in float64.
 
     Args:
-        values: ``(R, K)`` float32 logits, sorted in decreasing order when ``top_p`` is set.
+        values: ``(R, K)`` float32 logits (before the temperature), sorted in decreasing order when ``top_p`` is set.
         indices: ``(R, K)`` int32 vocabulary index of each candidate, or ``None`` (the position).
         keys: ``(R,)`` row keys.
+        temperature: a float > 0.
         top_p: ``None`` or a float in ``(0, 1)``: the nucleus among the candidates.
         draw: the number of the row's uniform to use.
 
     Returns:
         ``(R,)`` int32 indices.
     """
-    scores = tf.cast(values, tf.float64)
-    top = tf.reduce_max(scores, axis=-1, keepdims=True)
-    weights = tf.exp(scores - tf.where(top > -np.inf, top, 0.0))  # (R, K); -inf logits weigh 0
-    if top_p is not None:
-        before = tf.cumsum(weights, axis=-1, exclusive=True)
-        total = tf.reduce_sum(weights, axis=-1, keepdims=True)
-        threshold = tf.reduce_min(tf.where(before < top_p * total, values, tf.constant(np.inf, values.dtype)), axis=-1, keepdims=True)
-        weights = tf.where(values >= threshold, weights, 0.0)
+    weights, _ = _kept_weights(values, temperature, top_p)
     position, _ = _inverse_cdf(weights, _uniform(keys, draw)[:, None])  # (R, 1)
     if indices is None:
         return position[:, 0]
@@ -477,30 +477,36 @@ def _draws(top_p: float) -> int:
 
 
 class _Blocks:
-    """A softmax over ``(R, V)`` cut into blocks: the logits, the weights, each block's mass, each row's total."""
+    """A softmax over ``(R, V)`` cut into blocks: the logits, the weights, each block's mass, each row's total.
 
-    def __init__(self, scaled: tf.Tensor, weights: tf.Tensor, masses: tf.Tensor, totals: tf.Tensor, block: int):
-        self.scaled = scaled  # (R, V'), float32, padded with -inf
-        self.weights = weights  # (R, V' / block, block), float32
+    ``logits`` are the float32 logits before the temperature: they order the
+    choices as the scaled ones do, and keeping them rather than the scaled
+    ones lets ``softmax`` write over its input in graph mode.
+    """
+
+    def __init__(self, logits: tf.Tensor, weights: tf.Tensor, masses: tf.Tensor, totals: tf.Tensor, block: int, temperature: float):
+        self.logits = logits  # (R, V'), float32, padded with -inf
+        self.weights = weights  # (R, V' / block, block), float32: softmax(logits / temperature)
         self.masses = masses  # (R, V' / block), float64
         self.totals = totals  # (R,), float64; NaN for a row without a finite logit
         self.block = block
+        self.temperature = temperature
 
     @classmethod
-    def of(cls, scaled: tf.Tensor, vocabulary: int | tf.Tensor) -> _Blocks:
-        """One softmax pass and one block-sum pass over ``scaled`` ``(R, V)``."""
+    def of(cls, logits: tf.Tensor, temperature: float) -> _Blocks:
+        """One softmax pass and one block-sum pass over float32 ``logits`` ``(R, V)``."""
+        rows, vocabulary = dynamic_dims(logits)
         target = DYNAMIC_BLOCK if not isinstance(vocabulary, int) else 1 << max(2, math.ceil(math.log2(math.sqrt(vocabulary))))
         block, count, padding = _layout(vocabulary, target)
-        rows = dynamic_dims(scaled)[0]
-        scaled = _pad(scaled, padding)  # (R, V')
-        weights = tf.reshape(tf.nn.softmax(scaled, axis=-1), reshape_target([rows, count, block]))  # (R, V' / block, block)
+        logits = _pad(logits, padding)  # (R, V')
+        weights = tf.reshape(tf.nn.softmax(_scale(logits, temperature), axis=-1), reshape_target([rows, count, block]))  # (R, V' / block, block)
         masses = tf.cast(tf.reduce_sum(weights, axis=-1), tf.float64)  # (R, V' / block)
-        return cls(scaled, weights, masses, tf.reduce_sum(masses, axis=-1), block)
+        return cls(logits, weights, masses, tf.reduce_sum(masses, axis=-1), block, temperature)
 
     def rows(self, picked: tf.Tensor) -> _Blocks:
         """The same for the rows ``picked`` ``(N,)`` only, gathered once."""
-        gathered = (tf.gather(value, picked) for value in (self.scaled, self.weights, self.masses, self.totals))
-        return _Blocks(*gathered, self.block)
+        gathered = (tf.gather(value, picked) for value in (self.logits, self.weights, self.masses, self.totals))
+        return _Blocks(*gathered, self.block, self.temperature)
 
     def draw(self, keys: tf.Tensor, draws: int | tf.Tensor) -> tf.Tensor:
         """Indices ``(R, D)`` drawn from the softmax, for draw numbers ``(R or 1, D)`` (the int 0: ``D = 1``)."""
@@ -511,9 +517,9 @@ class _Blocks:
 
     def in_nucleus(self, indices: tf.Tensor, top_p: float) -> tf.Tensor:
         """Whether each drawn index ``(R, D)`` is in the nucleus: the probability strictly above its logit is below ``p``."""
-        weights = tf.reshape(self.weights, reshape_target(dynamic_dims(self.scaled)))  # (R, V')
-        drawn = tf.gather(self.scaled, indices, batch_dims=1)  # (R, D)
-        above = tf.reduce_sum(tf.where(self.scaled[:, None, :] > drawn[..., None], weights[:, None, :], 0.0), axis=-1)  # (R, D)
+        weights = tf.reshape(self.weights, reshape_target(dynamic_dims(self.logits)))  # (R, V')
+        drawn = tf.gather(self.logits, indices, batch_dims=1)  # (R, D)
+        above = tf.reduce_sum(tf.where(self.logits[:, None, :] > drawn[..., None], weights[:, None, :], 0.0), axis=-1)  # (R, D)
         # a row without a valid choice (NaN total) keeps its first draw
         return (tf.cast(above, tf.float64) < top_p * self.totals[:, None]) | ~(self.totals > 0.0)[:, None]
 
@@ -526,10 +532,10 @@ def _first(accepted: tf.Tensor, indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tenso
 
 def _in_top_k(blocks: _Blocks, indices: tf.Tensor, top_k: int) -> tf.Tensor:
     """Whether each drawn index ``(R, D)`` is among the ``k`` largest logits (ties: the lower indices)."""
-    drawn = tf.gather(blocks.scaled, indices, batch_dims=1)[..., None]  # (R, D, 1)
-    scaled = blocks.scaled[:, None, :]  # (R, 1, V')
-    positions = tf.range(dynamic_dims(blocks.scaled)[-1], dtype=indices.dtype)
-    before = (scaled > drawn) | ((scaled == drawn) & (positions < indices[..., None]))  # (R, D, V')
+    drawn = tf.gather(blocks.logits, indices, batch_dims=1)[..., None]  # (R, D, 1)
+    logits = blocks.logits[:, None, :]  # (R, 1, V')
+    positions = tf.range(dynamic_dims(blocks.logits)[-1], dtype=indices.dtype)
+    before = (logits > drawn) | ((logits == drawn) & (positions < indices[..., None]))  # (R, D, V')
     return tf.reduce_sum(tf.cast(before, tf.int32), axis=-1) < top_k
 
 
@@ -541,7 +547,7 @@ def _sample_top_k(blocks: _Blocks, keys: tf.Tensor, top_k: int) -> tf.Tensor:
     at a time. Either way the draw follows the top k's renormalised softmax,
     and depends on the row's seed and logits only.
     """
-    rows = dynamic_dims(blocks.scaled)[0]
+    rows = dynamic_dims(blocks.logits)[0]
     first = blocks.draw(keys, tf.range(TOP_K_DRAWS, dtype=tf.int32)[None, :])  # (R, D)
     chosen, found = _first(_in_top_k(blocks, first, top_k), first)
     chosen = tf.where(found, chosen, -1)
@@ -550,8 +556,8 @@ def _sample_top_k(blocks: _Blocks, keys: tf.Tensor, top_k: int) -> tf.Tensor:
     def exact(chosen: tf.Tensor) -> tuple[tf.Tensor]:
         missing = chosen < 0
         _, picked = tf.math.top_k(tf.cast(missing, tf.int32), k=count)  # rows still drawing, lower rows first
-        values, indices = tf.math.top_k(tf.gather(blocks.scaled, picked), k=top_k)  # (N, k)
-        drawn = _sample_candidates(values, indices, tf.gather(keys, picked), None, draw=TOP_K_DRAWS)
+        values, indices = tf.math.top_k(tf.gather(blocks.logits, picked), k=top_k)  # (N, k)
+        drawn = _sample_candidates(values, indices, tf.gather(keys, picked), blocks.temperature, None, draw=TOP_K_DRAWS)
         return (tf.tensor_scatter_nd_update(chosen, picked[:, None], tf.where(tf.gather(missing, picked), drawn, tf.gather(chosen, picked))),)
 
     return tf.while_loop(lambda chosen: tf.reduce_any(chosen < 0), exact, (chosen,))[0]
@@ -576,8 +582,8 @@ def _exact_nucleus(blocks: _Blocks, keys: tf.Tensor, draws: tf.Tensor, top_p: fl
         keys: ``(N,)`` row keys.
         draws: ``(N,)`` the number of the uniform each row uses.
     """
-    order = tf.cast(_order_keys(blocks.scaled), tf.int64)  # (N, V')
-    weights = tf.reshape(blocks.weights, reshape_target(dynamic_dims(blocks.scaled)))  # (N, V')
+    order = tf.cast(_order_keys(blocks.logits), tf.int64)  # (N, V')
+    weights = tf.reshape(blocks.weights, reshape_target(dynamic_dims(blocks.logits)))  # (N, V')
     target = top_p * blocks.totals
 
     def halve(step: tf.Tensor, low: tf.Tensor, high: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -605,7 +611,7 @@ def _sample_nucleus(blocks: _Blocks, keys: tf.Tensor, top_p: float) -> tf.Tensor
     nucleus found exactly (``_exact_nucleus``), which costs 32 masked sums over
     the row. Either way the draw follows the nucleus's renormalised softmax.
     """
-    rows, vocabulary = dynamic_dims(blocks.scaled)
+    rows, vocabulary = dynamic_dims(blocks.logits)
     draws = _draws(top_p)
     # the first round draws once per row on large vocabularies, where each draw checked costs a pass
     first_draws = draws if isinstance(vocabulary, int) and vocabulary <= SMALL_VOCABULARY else 1
@@ -702,18 +708,18 @@ def sample(
     leading, vocabulary = dims[:-1], dims[-1]
     with tf.control_dependencies(checks):
         keys = _row_keys(seed, leading)  # (R,)
-    scaled = tf.reshape(_scale(logits, temperature), reshape_target([-1, vocabulary]))  # (R, V)
+    rows = tf.reshape(tf.cast(logits, tf.float32), reshape_target([-1, vocabulary]))  # (R, V)
     nucleus = top_p if top_p is not None and top_p < 1.0 else None
     if top_k is not None and not (isinstance(vocabulary, int) and top_k >= vocabulary):
         if nucleus is None and isinstance(vocabulary, int) and vocabulary < 64 * top_k:
-            index = _sample_top_k(_Blocks.of(scaled, vocabulary), keys, top_k)
+            index = _sample_top_k(_Blocks.of(rows, temperature), keys, top_k)
         else:
-            values, indices = _largest(scaled, top_k)  # (R, K)
-            index = _sample_candidates(values, indices, keys, nucleus)
+            values, indices = _largest(rows, top_k)  # (R, K)
+            index = _sample_candidates(values, indices, keys, temperature, nucleus)
     elif nucleus is None and isinstance(vocabulary, int) and vocabulary <= SMALL_VOCABULARY:
-        index = _sample_candidates(scaled, None, keys, None)
+        index = _sample_candidates(rows, None, keys, temperature, None)
     else:
-        blocks = _Blocks.of(scaled, vocabulary)
+        blocks = _Blocks.of(rows, temperature)
         if nucleus is None:
             index = blocks.draw(keys, 0)[:, 0]
         else:

@@ -250,7 +250,7 @@ def test_greedy_is_numpy_argmax(logits):
 
 @given(strategies.logits(), st.one_of(st.none(), st.integers(1, 14)), st.one_of(st.none(), st.floats(0.05, 1.0)), st.floats(0.2, 3.0))
 def test_candidates_match_numpy(logits, k, p, temperature):
-    scaled = logits / np.float32(temperature)
+    scaled = logits.astype(np.float64) / temperature  # float64: no ties that the logits do not have
     kept = top_k_allowed(scaled, k) if k is not None else np.ones(scaled.shape, dtype=bool)
     if p is not None:
         kept, margins = top_p_allowed(scaled, p, among=kept)
@@ -274,6 +274,16 @@ def test_block_top_k_equals_tf_top_k(logits, k):
     expected_values, expected_indices = tf.math.top_k(wide, k)
     np.testing.assert_array_equal(indices.numpy(), expected_indices.numpy())
     np.testing.assert_array_equal(values.numpy(), expected_values.numpy())
+
+
+def test_the_temperature_changes_no_order():
+    # 1.6369618 / 1.3 and 1.6369617 / 1.3 round to the same float32: the order is still the logits'
+    logits = np.full((1, 300), -5.0, np.float32)
+    logits[0, 3], logits[0, 9] = np.float32(1.6369617), np.float32(1.6369618)
+    assert np.float32(logits[0, 3]) / np.float32(1.3) == np.float32(logits[0, 9]) / np.float32(1.3)
+    values, indices = sampling.candidates(logits, temperature=1.3, top_k=1)
+    assert indices.numpy().tolist() == [[9]]
+    np.testing.assert_array_equal(draws(logits, 50, temperature=1.3, top_k=1), 9)
 
 
 # what is drawn --------------------------------------------------------------------------------
