@@ -444,8 +444,8 @@ def _sample_candidates(values: tf.Tensor, indices: tf.Tensor | None, keys: tf.Te
     return tf.gather(indices, position, batch_dims=1)[:, 0]
 
 
-def _largest(scaled: tf.Tensor, top_k: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """``tf.math.top_k(scaled, min(top_k, V))``, faster on large vocabularies.
+def _largest(logits: tf.Tensor, top_k: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """``tf.math.top_k(logits, min(top_k, V))`` on ``(R, V)``, faster on large vocabularies.
 
     Every logit of the top k lies in one of the ``k`` blocks with the largest
     maxima (ties between blocks to the lower block, as between logits): there
@@ -454,13 +454,13 @@ def _largest(scaled: tf.Tensor, top_k: int) -> tuple[tf.Tensor, tf.Tensor]:
     the lowest of the blocks whose maximum equals it. So ``top_k`` runs on
     those blocks, gathered in index order, instead of on the whole row.
     """
-    vocabulary = dynamic_dims(scaled)[-1]
+    vocabulary = dynamic_dims(logits)[-1]
     count = min(top_k, vocabulary) if isinstance(vocabulary, int) else tf.minimum(top_k, vocabulary)
     if not isinstance(vocabulary, int) or vocabulary < 64 * top_k:
-        return tf.math.top_k(scaled, k=count)
+        return tf.math.top_k(logits, k=count)
     block, blocks, padding = _layout(vocabulary, vocabulary // (16 * top_k))
-    rows = dynamic_dims(scaled)[0]
-    grouped = tf.reshape(_pad(scaled, padding), reshape_target([rows, blocks, block]))  # (R, V / block, block)
+    rows = dynamic_dims(logits)[0]
+    grouped = tf.reshape(_pad(logits, padding), reshape_target([rows, blocks, block]))  # (R, V / block, block)
     _, chosen = tf.math.top_k(tf.reduce_max(grouped, axis=-1), k=top_k)  # (R, k)
     chosen = tf.sort(chosen, axis=-1)  # index order, so that top_k breaks ties toward lower indices
     gathered = tf.reshape(tf.gather(grouped, chosen, batch_dims=1), reshape_target([rows, top_k * block]))  # (R, k * block)
