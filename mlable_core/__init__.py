@@ -5,7 +5,8 @@ Nothing here imports Keras. Submodules are loaded on first access, so that
 
 - ``shapes``: shape arithmetic on tuples (no TensorFlow).
 - ``reshaping``: divide, merge, swap and move axes.
-- ``attention``: key/value cache (create, update), attention masks, plain and cached attention.
+- ``cache``: the key / value cache (create, write at a step, append, ring slots, overflow checks).
+- ``attention``: attention masks, plain attention and attention over a cache (linear or ring).
 - ``embedding``: byte-embedding combination (tokun): one gather, one reshape.
 - ``rotary``: rotary position embedding (RoPE) tables and rotation.
 - ``decoding``: the compiled generation loop (prefill, then one token per step, cache threaded through).
@@ -16,6 +17,36 @@ Nothing here imports Keras. Submodules are loaded on first access, so that
 
 Every op works eagerly, inside ``tf.function`` and under ``jit_compile=True``,
 but for the string codecs ``text.encode`` and ``text.decode`` (XLA has no strings).
+
+Shape letters
+-------------
+One glossary for the whole project (``mlable_core`` and ``mlable_keras``):
+every docstring and ``# (B, S, N, H)`` comment uses these letters, each with
+one meaning.
+
+===  =====================================================================
+B    batch (rows)
+S    sequence positions: bytes or tokens along the sequence axis; in
+     attention the key / value positions, i.e. the cache slots (Keras'
+     ``MultiHeadAttention``: key length ``S``)
+T    query positions of one attention call (Keras: query length ``T``);
+     with a cache, also the new keys / values written at ``step``
+W    sliding window; a ring cache holds ``W`` slots
+N    query heads
+K    key / value heads (grouped-query attention; ``K`` divides ``N``)
+H    head size
+D    model width (features of the residual stream, the input of a layer)
+E    embedding size of one byte (or of one hash bucket)
+G    bytes per token (the token size); also the ``group`` of the
+     group-accuracy metrics
+V    rows of an embedding table (vocabulary)
+C    classes scored by a head (256 byte values)
+R    rotated features in RoPE (the feature size rounded down to even)
+M    new tokens produced by a generation
+P    patches (dynamic patching)
+===  =====================================================================
+
+Beams are spelled out (``num_beams``), not lettered.
 """
 
 from __future__ import annotations

@@ -2,14 +2,14 @@
 
 Hierarchical models are scored on entities made of several elementary
 predictions: a UTF-32-BE character is 4 bytes, a byte is 8 bits, a token is
-``T`` bytes. A group is correct only when every one of its elements is.
+``G`` bytes. A group is correct only when every one of its elements is.
 
 Shape letters used in this module:
 
-- ``K``: the number of elementary values along the grouped axis.
-- ``G``: the group size; the grouped axis becomes ``K / G`` groups.
+- ``S``: the number of elementary values along the grouped axis.
+- ``G``: the group size; the grouped axis becomes ``S / G`` groups.
 - ``C``: the classes of a categorical prediction (the last axis).
-- ``D``: the depth, i.e. the bits that make one value of a binary prediction.
+- ``depth`` (spelled out): the bits that make one value of a binary prediction.
 
 Groups are ``G`` consecutive values along one axis (``axis``), so that a group
 reduction is a free reshape followed by one ``reduce_all``, for any axis.
@@ -130,13 +130,13 @@ def _group_reduce(x: tf.Tensor, group: int, axis: int, repeat: bool, reduce: str
     with tf.control_dependencies(checks):
         dims = reshaping.dynamic_dims(x)
         split = dims[:axis] + [dims[axis] // group, group] + dims[axis + 1 :]
-        grouped = _reshape(x, split)  # (..., K / G, G, ...)
+        grouped = _reshape(x, split)  # (..., S / G, G, ...)
         reducer = tf.reduce_all if reduce == "all" else tf.reduce_any
-        result = reducer(grouped, axis=axis + 1)  # (..., K / G, ...)
+        result = reducer(grouped, axis=axis + 1)  # (..., S / G, ...)
         if repeat:
-            expanded = tf.expand_dims(result, axis + 1)  # (..., K / G, 1, ...)
+            expanded = tf.expand_dims(result, axis + 1)  # (..., S / G, 1, ...)
             target = split if all(isinstance(dim, int) for dim in split) else tf.shape(grouped)
-            result = _reshape(tf.broadcast_to(expanded, target), dims)  # (..., K, ...)
+            result = _reshape(tf.broadcast_to(expanded, target), dims)  # (..., S, ...)
     return result
 
 
@@ -146,16 +146,16 @@ def group_all(x: tf.Tensor, group: int, axis: int = -1, repeat: bool = False) ->
     Non-boolean inputs count as true where they are not zero.
 
     Args:
-        x: a tensor of known rank, shape ``(..., K, ...)`` with ``K`` along ``axis``.
-        group: the group size ``G``, a positive int dividing ``K``.
+        x: a tensor of known rank, shape ``(..., S, ...)`` with ``S`` along ``axis``.
+        group: the group size ``G``, a positive int dividing ``S``.
         axis: the axis along which groups run.
         repeat: whether to repeat each group's result ``G`` times, giving back the shape of ``x``.
 
     Returns:
-        A boolean tensor of shape ``(..., K / G, ...)``, or the shape of ``x`` when ``repeat``.
+        A boolean tensor of shape ``(..., S / G, ...)``, or the shape of ``x`` when ``repeat``.
 
     Raises:
-        ValueError: ``group`` is not positive or does not divide ``K``, or ``axis`` is out of range.
+        ValueError: ``group`` is not positive or does not divide ``S``, or ``axis`` is out of range.
         TypeError: ``group`` or ``axis`` is not an int.
 
     Example:
@@ -173,16 +173,16 @@ def group_any(x: tf.Tensor, group: int, axis: int = -1, repeat: bool = False) ->
     elements does).
 
     Args:
-        x: a tensor of known rank, shape ``(..., K, ...)`` with ``K`` along ``axis``.
-        group: the group size ``G``, a positive int dividing ``K``.
+        x: a tensor of known rank, shape ``(..., S, ...)`` with ``S`` along ``axis``.
+        group: the group size ``G``, a positive int dividing ``S``.
         axis: the axis along which groups run.
         repeat: whether to repeat each group's result ``G`` times, giving back the shape of ``x``.
 
     Returns:
-        A boolean tensor of shape ``(..., K / G, ...)``, or the shape of ``x`` when ``repeat``.
+        A boolean tensor of shape ``(..., S / G, ...)``, or the shape of ``x`` when ``repeat``.
 
     Raises:
-        ValueError: ``group`` is not positive or does not divide ``K``, or ``axis`` is out of range.
+        ValueError: ``group`` is not positive or does not divide ``S``, or ``axis`` is out of range.
         TypeError: ``group`` or ``axis`` is not an int.
 
     Example:
@@ -198,10 +198,10 @@ def decode_categorical(y: tf.Tensor) -> tf.Tensor:
     Ties go to the smallest index (``tf.argmax``, like ``numpy.argmax``).
 
     Args:
-        y: one-hot vectors, probabilities or logits of shape ``(..., K, C)``.
+        y: one-hot vectors, probabilities or logits of shape ``(..., S, C)``.
 
     Returns:
-        An ``int32`` tensor of shape ``(..., K)``.
+        An ``int32`` tensor of shape ``(..., S)``.
 
     Example:
         >>> decode_categorical(tf.constant([[0.1, 0.7, 0.2], [0.9, 0.0, 0.1]])).numpy()
@@ -219,13 +219,13 @@ def decode_binary(y: tf.Tensor, depth: int = 8, threshold: float = 0.5, axis: in
     significant bit first (big-endian): bits ``(0, 1, 1)`` give ``3``.
 
     Args:
-        y: bits or probabilities (or logits with ``threshold=0``), shape ``(..., K * D, ...)``.
-        depth: the bits ``D`` per value, in ``[1, 63]``.
+        y: bits or probabilities (or logits with ``threshold=0``), shape ``(..., S * depth, ...)``.
+        depth: the bits per value, in ``[1, 63]``.
         threshold: a bit is 1 where ``y > threshold``.
         axis: the axis holding the bits.
 
     Returns:
-        A tensor of shape ``(..., K, ...)``: ``int32`` for ``depth <= 31``, else ``int64``.
+        A tensor of shape ``(..., S, ...)``: ``int32`` for ``depth <= 31``, else ``int64``.
 
     Raises:
         ValueError: ``depth`` is not in ``[1, 63]`` or does not divide the length of ``axis``.
@@ -252,10 +252,10 @@ def decode_binary(y: tf.Tensor, depth: int = 8, threshold: float = 0.5, axis: in
         bits = tf.cast(_as_float(y) > threshold, dtype)
         dims = reshaping.dynamic_dims(bits)
         split = dims[:axis] + [dims[axis] // depth, depth] + dims[axis + 1 :]
-        bits = _reshape(bits, split)  # (..., K, D, ...)
+        bits = _reshape(bits, split)  # (..., S, depth, ...)
         powers = tf.constant([2 ** (depth - 1 - index) for index in range(depth)], dtype=dtype)
-        powers = tf.reshape(powers, [depth] + [1] * (rank - 1 - axis))  # (D, 1, ...) to broadcast after the D axis
-        return tf.reduce_sum(bits * powers, axis=axis + 1)  # (..., K, ...)
+        powers = tf.reshape(powers, [depth] + [1] * (rank - 1 - axis))  # (depth, 1, ...) to broadcast after the depth axis
+        return tf.reduce_sum(bits * powers, axis=axis + 1)  # (..., S, ...)
 
 
 def decode_raw(y: tf.Tensor, factor: float = 256.0) -> tf.Tensor:
@@ -302,18 +302,18 @@ def categorical_group_accuracy(
     values along ``axis``, an axis of the values (``y`` without its class axis).
 
     Args:
-        y_true: the targets, shape ``(..., K, C)``.
+        y_true: the targets, shape ``(..., S, C)``.
         y_pred: the predictions, same shape.
-        group: the group size ``G``, dividing ``K``.
-        axis: the axis of the values ``(..., K)`` along which groups run.
+        group: the group size ``G``, dividing ``S``.
+        axis: the axis of the values ``(..., S)`` along which groups run.
         dtype: the float dtype of the result.
 
     Returns:
-        A tensor of 0 / 1 of shape ``(..., K / G)`` (the values' shape with ``K`` divided by ``G``).
+        A tensor of 0 / 1 of shape ``(..., S / G)`` (the values' shape with ``S`` divided by ``G``).
 
     Raises:
         ValueError: the shapes differ, a tensor has rank < 2, ``group`` is not
-            positive or does not divide ``K``, or ``axis`` is out of range.
+            positive or does not divide ``S``, or ``axis`` is out of range.
 
     Example:
         >>> y = tf.one_hot([[1, 2, 3, 0]], 4)
@@ -326,13 +326,13 @@ def categorical_group_accuracy(
     group = shapes.check_int(group, "group", minimum=1)
     checks = _check_same_shape(y_true, y_pred)
     axis = shapes.normalize_axis(axis, rank - 1, "axis", tuple(y_pred.shape.as_list()[:-1]))
-    matches = tf.equal(decode_categorical(y_true), decode_categorical(y_pred))  # (..., K)
+    matches = tf.equal(decode_categorical(y_true), decode_categorical(y_pred))  # (..., S)
     message = (
         f"`group` must divide the number of values along axis {axis} ({{size}}). Received: group={group}, "
         f"y_true.shape={shapes.format_shape(y_true.shape)}, y_pred.shape={shapes.format_shape(y_pred.shape)}"
     )
     grouped = _grouped_matches(matches, group, axis, message, checks)
-    return tf.cast(grouped, dtype)  # (..., K / G)
+    return tf.cast(grouped, dtype)  # (..., S / G)
 
 
 def sparse_categorical_group_accuracy(
@@ -341,23 +341,23 @@ def sparse_categorical_group_accuracy(
     """Per-group correctness of categorical predictions against integer labels.
 
     Like ``categorical_group_accuracy``, but ``y_true`` holds the class indices
-    themselves (e.g. the byte values), shape ``(..., K)``, or ``(..., K, 1)``
+    themselves (e.g. the byte values), shape ``(..., S)``, or ``(..., S, 1)``
     whose trailing axis is dropped. Float labels are compared as they are (a
     label of ``2.5`` never matches).
 
     Args:
-        y_true: the class indices, shape ``(..., K)`` or ``(..., K, 1)``.
-        y_pred: probabilities or logits, shape ``(..., K, C)``.
-        group: the group size ``G``, dividing ``K``.
-        axis: the axis of the values ``(..., K)`` along which groups run.
+        y_true: the class indices, shape ``(..., S)`` or ``(..., S, 1)``.
+        y_pred: probabilities or logits, shape ``(..., S, C)``.
+        group: the group size ``G``, dividing ``S``.
+        axis: the axis of the values ``(..., S)`` along which groups run.
         dtype: the float dtype of the result.
 
     Returns:
-        A tensor of 0 / 1 of shape ``(..., K / G)``.
+        A tensor of 0 / 1 of shape ``(..., S / G)``.
 
     Raises:
         ValueError: ``y_true`` does not have the shape of ``y_pred`` without its
-            last axis, ``group`` is not positive or does not divide ``K``, or
+            last axis, ``group`` is not positive or does not divide ``S``, or
             ``axis`` is out of range.
 
     Example:
@@ -371,10 +371,10 @@ def sparse_categorical_group_accuracy(
     _known_rank(y_true, "y_true")
     group = shapes.check_int(group, "group", minimum=1)
     if y_true.shape.rank == rank and y_true.shape[-1] == 1:
-        y_true = tf.squeeze(y_true, axis=-1)  # (..., K, 1) -> (..., K)
+        y_true = tf.squeeze(y_true, axis=-1)  # (..., S, 1) -> (..., S)
     checks = _check_same_shape(y_true, y_pred, true_shape=y_pred.shape[:-1])
     axis = shapes.normalize_axis(axis, rank - 1, "axis", tuple(y_pred.shape.as_list()[:-1]))
-    predicted = decode_categorical(y_pred)  # (..., K)
+    predicted = decode_categorical(y_pred)  # (..., S)
     if y_true.dtype.is_floating:
         matches = tf.equal(y_true, tf.cast(predicted, y_true.dtype))
     else:
@@ -384,7 +384,7 @@ def sparse_categorical_group_accuracy(
         f"y_true.shape={shapes.format_shape(y_true.shape)}, y_pred.shape={shapes.format_shape(y_pred.shape)}"
     )
     grouped = _grouped_matches(matches, group, axis, message, checks)
-    return tf.cast(grouped, dtype)  # (..., K / G)
+    return tf.cast(grouped, dtype)  # (..., S / G)
 
 
 def binary_group_accuracy(
@@ -396,25 +396,25 @@ def binary_group_accuracy(
     axis: int = -1,
     dtype: tf.DType = tf.float32,
 ) -> tf.Tensor:
-    """Per-group correctness of binary predictions: 1 where all ``G * D`` bits of the group agree.
+    """Per-group correctness of binary predictions: 1 where all ``G * depth`` bits of the group agree.
 
     A bit is 1 where the value is strictly above ``threshold``, for ``y_true``
-    and ``y_pred`` alike. ``D`` consecutive bits along ``axis`` make one value
+    and ``y_pred`` alike. ``depth`` consecutive bits along ``axis`` make one value
     (see ``decode_binary``) and ``G`` consecutive values make one group, so a
     group is correct exactly when its decoded values all match. The bits are
     compared directly, which never overflows whatever ``depth``.
 
     Args:
-        y_true: the target bits (or probabilities), shape ``(..., K * D, ...)``.
+        y_true: the target bits (or probabilities), shape ``(..., S * depth, ...)``.
         y_pred: the predicted probabilities, same shape.
-        group: the group size ``G``, dividing ``K``.
-        depth: the bits ``D`` per value, dividing the length of ``axis``.
+        group: the group size ``G``, dividing ``S``.
+        depth: the bits per value, dividing the length of ``axis``.
         threshold: a bit is 1 where the value is strictly above it.
         axis: the axis holding the bits.
         dtype: the float dtype of the result.
 
     Returns:
-        A tensor of 0 / 1 of shape ``(..., K / G, ...)``.
+        A tensor of 0 / 1 of shape ``(..., S / G, ...)``.
 
     Raises:
         ValueError: the shapes differ, ``depth`` or ``group`` is not positive or
@@ -438,13 +438,13 @@ def binary_group_accuracy(
     checks = checks + _check_divides(
         y_pred, axis, depth, f"`depth` must divide axis {axis} of size {{size}} (the bits). Received: depth={depth}, {text}"
     )
-    matches = tf.equal(_as_float(y_true) > threshold, _as_float(y_pred) > threshold)  # (..., K * D, ...)
+    matches = tf.equal(_as_float(y_true) > threshold, _as_float(y_pred) > threshold)  # (..., S * depth, ...)
     message = (
         f"`group` must divide the number of values along axis {axis} ({{size}} bits / depth {depth}). "
         f"Received: group={group}, depth={depth}, {text}"
     )
     grouped = _grouped_matches(matches, group * depth, axis, message, checks)
-    return tf.cast(grouped, dtype)  # (..., K / G, ...)
+    return tf.cast(grouped, dtype)  # (..., S / G, ...)
 
 
 def raw_group_accuracy(
@@ -458,19 +458,19 @@ def raw_group_accuracy(
     """Per-group correctness of raw predictions: 1 where ``round(factor * y)`` matches on the whole group.
 
     Args:
-        y_true: the target values, shape ``(..., K, ...)``.
+        y_true: the target values, shape ``(..., S, ...)``.
         y_pred: the predicted values, same shape.
-        group: the group size ``G``, dividing ``K``.
+        group: the group size ``G``, dividing ``S``.
         factor: the positive scale applied to both before rounding (see ``decode_raw``).
         axis: the axis along which groups run.
         dtype: the float dtype of the result.
 
     Returns:
-        A tensor of 0 / 1 of shape ``(..., K / G, ...)``.
+        A tensor of 0 / 1 of shape ``(..., S / G, ...)``.
 
     Raises:
         ValueError: the shapes differ, ``group`` is not positive or does not
-            divide ``K``, ``factor`` is not positive, or ``axis`` is out of range.
+            divide ``S``, ``factor`` is not positive, or ``axis`` is out of range.
 
     Example:
         >>> raw_group_accuracy(tf.constant([[0.25, 0.5]]), tf.constant([[0.251, 0.52]]), factor=256.0).numpy()
@@ -486,13 +486,13 @@ def raw_group_accuracy(
     true_values, pred_values = decode_raw(y_true, factor), decode_raw(y_pred, factor)
     if true_values.dtype != pred_values.dtype:
         true_values, pred_values = tf.cast(true_values, tf.float64), tf.cast(pred_values, tf.float64)
-    matches = tf.equal(true_values, pred_values)  # (..., K, ...)
+    matches = tf.equal(true_values, pred_values)  # (..., S, ...)
     message = (
         f"`group` must divide the number of values along axis {axis} ({{size}}). Received: group={group}, "
         f"y_true.shape={shapes.format_shape(y_true.shape)}, y_pred.shape={shapes.format_shape(y_pred.shape)}"
     )
     grouped = _grouped_matches(matches, group, axis, message, checks)
-    return tf.cast(grouped, dtype)  # (..., K / G, ...)
+    return tf.cast(grouped, dtype)  # (..., S / G, ...)
 
 
 def broadcast_weights(weights: tf.Tensor, values: tf.Tensor, name: str = "sample_weight") -> tf.Tensor:
@@ -504,7 +504,7 @@ def broadcast_weights(weights: tf.Tensor, values: tf.Tensor, name: str = "sample
 
     Args:
         weights: weights of rank <= rank of ``values`` (+ a trailing 1).
-        values: the group-level tensor, e.g. ``(B, S, K / G)``.
+        values: the group-level tensor, e.g. ``(B, S / G)``.
         name: the argument name used in error messages.
 
     Returns:
@@ -544,15 +544,15 @@ def group_mask(mask: tf.Tensor, values: tf.Tensor, axis: int = -1) -> tf.Tensor:
     """Turns an element-level mask into group-level weights: a group counts when all its elements are unmasked.
 
     A mask of the rank of ``values`` may hold one entry per element along
-    ``axis`` (``m`` entries per group, e.g. a Keras mask of shape ``(B, K)`` for
-    groups of ``m = G`` values, or ``m = G * D`` bits); it is reduced with
+    ``axis`` (``m`` entries per group, e.g. a Keras mask of shape ``(B, S)`` for
+    groups of ``m = G`` values, or ``m = G * depth`` bits); it is reduced with
     ``all`` over each group. Any other mask is a weight and follows
     ``broadcast_weights`` (aligned on the leading axes).
 
     Args:
-        mask: booleans or 0 / 1, shape ``(..., K, ...)`` with ``K`` a multiple of
+        mask: booleans or 0 / 1, shape ``(..., S, ...)`` with ``S`` a multiple of
             the groups along ``axis``, or a shape that broadcasts to ``values``.
-        values: the group-level tensor, shape ``(..., K / G, ...)``.
+        values: the group-level tensor, shape ``(..., S / G, ...)``.
         axis: the axis along which groups run.
 
     Returns:
@@ -581,7 +581,7 @@ def group_mask(mask: tf.Tensor, values: tf.Tensor, axis: int = -1) -> tf.Tensor:
         dims = reshaping.dynamic_dims(mask)
         groups = reshaping.dynamic_dims(values)[axis]
         split = dims[:axis] + [groups, dims[axis] // groups] + dims[axis + 1 :]
-        mask = tf.reduce_all(_reshape(mask, split), axis=axis + 1)  # (..., K / G, ...)
+        mask = tf.reduce_all(_reshape(mask, split), axis=axis + 1)  # (..., S / G, ...)
     return broadcast_weights(mask, values, name="mask")
 
 

@@ -27,7 +27,7 @@ in the denominators.
 
 Shape letters used in this module:
 
-- ``K``: the bytes along the last axis of the targets (a multiple of 4 in UTF-32-BE).
+- ``S``: the bytes along the last axis of the targets (a multiple of 4 in UTF-32-BE).
 - ``C``: the classes of the predictions, i.e. the 256 byte values.
 
 Every op works eagerly, inside ``tf.function`` with dimensions unknown until
@@ -105,11 +105,11 @@ def _float_dtype(y_pred: tf.Tensor) -> tf.DType:
 
 
 def _byte_targets(y_true: tf.Tensor, y_pred: tf.Tensor) -> tuple[tf.Tensor, list[tf.Operation]]:
-    """The targets as int32 of shape ``(..., K)``, with the checks of their shape and values."""
+    """The targets as int32 of shape ``(..., S)``, with the checks of their shape and values."""
     rank = _known_rank(y_pred, "y_pred", minimum=2)
     _known_rank(y_true, "y_true")
     if y_true.shape.rank == rank and y_true.shape[-1] == 1:
-        y_true = tf.squeeze(y_true, axis=-1)  # (..., K, 1) -> (..., K)
+        y_true = tf.squeeze(y_true, axis=-1)  # (..., S, 1) -> (..., S)
     classes = y_pred.shape[-1]
     received = f"Received: y_true.shape={shapes.format_shape(y_true.shape)}, y_pred.shape={shapes.format_shape(y_pred.shape)}"
     if classes is not None and classes != BYTE_VALUES:
@@ -137,12 +137,12 @@ def byte_bits(y_true: tf.Tensor, y_pred: tf.Tensor, from_logits: bool = True) ->
     predictions included.
 
     Args:
-        y_true: the target bytes, integers in ``[0, 256)`` of shape ``(..., K)`` (or ``(..., K, 1)``).
-        y_pred: logits (or probabilities) over the byte values, shape ``(..., K, 256)``.
+        y_true: the target bytes, integers in ``[0, 256)`` of shape ``(..., S)`` (or ``(..., S, 1)``).
+        y_pred: logits (or probabilities) over the byte values, shape ``(..., S, 256)``.
         from_logits: whether ``y_pred`` holds logits rather than probabilities.
 
     Returns:
-        A float32 (float64 for float64 predictions) tensor of shape ``(..., K)``.
+        A float32 (float64 for float64 predictions) tensor of shape ``(..., S)``.
 
     Raises:
         ValueError: ``y_pred`` has rank < 2 or a last axis other than 256, or
@@ -161,12 +161,12 @@ def byte_bits(y_true: tf.Tensor, y_pred: tf.Tensor, from_logits: bool = True) ->
     with tf.control_dependencies(checks):
         y_pred = tf.cast(y_pred, dtype)
         if from_logits:
-            log_probabilities = tf.nn.log_softmax(y_pred, axis=-1)  # (..., K, C)
+            log_probabilities = tf.nn.log_softmax(y_pred, axis=-1)  # (..., S, C)
         else:
             probabilities = y_pred / tf.reduce_sum(y_pred, axis=-1, keepdims=True)
             log_probabilities = tf.math.log(tf.clip_by_value(probabilities, EPSILON, 1.0))
         # one-hot selection rather than a gather: the same graph eagerly, with unknown dims and under XLA
-        selected = tf.reduce_sum(tf.one_hot(targets, BYTE_VALUES, dtype=dtype) * log_probabilities, axis=-1)  # (..., K)
+        selected = tf.reduce_sum(tf.one_hot(targets, BYTE_VALUES, dtype=dtype) * log_probabilities, axis=-1)  # (..., S)
         return -selected / tf.constant(math.log(2.0), dtype)
 
 
@@ -183,13 +183,13 @@ def codepoints(y_true: tf.Tensor) -> tf.Tensor:
     """The code points of UTF-32-BE bytes: every 4 bytes along the last axis are one big-endian value.
 
     Args:
-        y_true: bytes in ``[0, 256)``, shape ``(..., K)`` with ``K`` a multiple of 4.
+        y_true: bytes in ``[0, 256)``, shape ``(..., S)`` with ``S`` a multiple of 4.
 
     Returns:
-        An int64 tensor of shape ``(..., K / 4)``.
+        An int64 tensor of shape ``(..., S / 4)``.
 
     Raises:
-        ValueError: ``y_true`` has rank 0, or ``K`` is not a multiple of 4.
+        ValueError: ``y_true`` has rank 0, or ``S`` is not a multiple of 4.
 
     Example:
         >>> codepoints(tf.constant([0, 0, 0, 65, 0, 1, 246, 0])).numpy()
@@ -198,9 +198,9 @@ def codepoints(y_true: tf.Tensor) -> tf.Tensor:
     y_true = tf.convert_to_tensor(y_true)
     with tf.control_dependencies(_check_whole_characters(y_true)):
         dims = reshaping.dynamic_dims(y_true)
-        grouped = _reshape(tf.cast(y_true, tf.int64), dims[:-1] + [dims[-1] // UTF32_WIDTH, UTF32_WIDTH])  # (..., K / 4, 4)
+        grouped = _reshape(tf.cast(y_true, tf.int64), dims[:-1] + [dims[-1] // UTF32_WIDTH, UTF32_WIDTH])  # (..., S / 4, 4)
         powers = tf.constant([1 << 24, 1 << 16, 1 << 8, 1], dtype=tf.int64)
-        return tf.reduce_sum(grouped * powers, axis=-1)  # (..., K / 4)
+        return tf.reduce_sum(grouped * powers, axis=-1)  # (..., S / 4)
 
 
 def utf8_lengths(codepoints: tf.Tensor) -> tf.Tensor:
@@ -253,7 +253,7 @@ def _mask_weights(mask: tf.Tensor, values: tf.Tensor, y_true: tf.Tensor, encodin
                 f"y_true.shape={shapes.format_shape(y_true.shape)}"
             )
         # a Keras `mask_zero` on UTF-32-BE bytes masks the leading zeros of every ASCII character: any, not all
-        mask = accuracy.group_any(mask, UTF32_WIDTH, axis=-1)  # (..., K / 4)
+        mask = accuracy.group_any(mask, UTF32_WIDTH, axis=-1)  # (..., S / 4)
     level = "per-character" if encoding == "utf-32-be" else "per-byte"
     return _broadcast(tf.cast(mask, values.dtype), values, "mask", level, y_true)
 
@@ -276,7 +276,7 @@ def byte_log2_likelihood_sums(
     Weights apply to units: characters in UTF-32-BE (all 4 bytes of a character
     share its weight), bytes in UTF-8. ``sample_weight`` aligns with the leading
     axes of the unit-level shape, Keras style: it has the shape ``U`` of the
-    units (``y_true.shape[:-1] + (K / 4,)`` in UTF-32-BE, ``y_true.shape`` in
+    units (``y_true.shape[:-1] + (S / 4,)`` in UTF-32-BE, ``y_true.shape`` in
     UTF-8), or a prefix of it (``(B,)``: one weight per row), optionally with a
     trailing axis of 1, and each of its dimensions equals the one of ``U`` or is 1.
 
@@ -286,9 +286,9 @@ def byte_log2_likelihood_sums(
     ``mask_zero`` on bytes keeps the ASCII characters (whose first 3 bytes are 0).
 
     Args:
-        y_true: the target bytes, integers in ``[0, 256)`` of shape ``(..., K)``
-            (or ``(..., K, 1)``); ``K`` is a multiple of 4 in UTF-32-BE.
-        y_pred: logits (or probabilities) over the byte values, shape ``(..., K, 256)``.
+        y_true: the target bytes, integers in ``[0, 256)`` of shape ``(..., S)``
+            (or ``(..., S, 1)``); ``S`` is a multiple of 4 in UTF-32-BE.
+        y_pred: logits (or probabilities) over the byte values, shape ``(..., S, 256)``.
         encoding: the layout of the targets, ``"utf-32-be"`` or ``"utf-8"``.
         sample_weight: unit-level weights, see above; ``None`` weighs every unit 1.
         from_logits: whether ``y_pred`` holds logits rather than probabilities.
@@ -301,7 +301,7 @@ def byte_log2_likelihood_sums(
     Raises:
         ValueError: ``encoding`` is not supported; ``y_pred`` has rank < 2 or a
             last axis other than 256; ``y_true`` does not have the shape of
-            ``y_pred`` without its last axis; ``K`` is not a multiple of 4 in
+            ``y_pred`` without its last axis; ``S`` is not a multiple of 4 in
             UTF-32-BE; ``sample_weight`` or ``mask`` does not broadcast to the units.
         TypeError: ``encoding`` is not a string or ``from_logits`` not a bool.
 
@@ -315,15 +315,15 @@ def byte_log2_likelihood_sums(
     y_true = tf.convert_to_tensor(y_true)
     y_pred = tf.convert_to_tensor(y_pred)
     if y_true.shape.rank is not None and y_true.shape.rank == y_pred.shape.rank and y_true.shape[-1] == 1:
-        y_true = tf.squeeze(y_true, axis=-1)  # (..., K, 1) -> (..., K)
-    bits = byte_bits(y_true, y_pred, from_logits=from_logits)  # (..., K)
+        y_true = tf.squeeze(y_true, axis=-1)  # (..., S, 1) -> (..., S)
+    bits = byte_bits(y_true, y_pred, from_logits=from_logits)  # (..., S)
     targets = tf.cast(y_true, tf.int64)
     dtype = bits.dtype
     if encoding == "utf-32-be":
         with tf.control_dependencies(_check_whole_characters(targets)):
-            points = codepoints(targets)  # (..., K / 4)
+            points = codepoints(targets)  # (..., S / 4)
             dims = reshaping.dynamic_dims(bits)
-            bits = tf.reduce_sum(_reshape(bits, dims[:-1] + [dims[-1] // UTF32_WIDTH, UTF32_WIDTH]), axis=-1)  # (..., K / 4)
+            bits = tf.reduce_sum(_reshape(bits, dims[:-1] + [dims[-1] // UTF32_WIDTH, UTF32_WIDTH]), axis=-1)  # (..., S / 4)
         counted = tf.cast(points != 0, dtype)
         lengths = tf.cast(utf8_lengths(points), dtype)
         characters = tf.ones_like(counted)

@@ -1,11 +1,11 @@
 """Byte-embedding combination (tokun): one embedding row per byte, concatenated per token.
 
-Shape letters: ``S`` sequence length in bytes, ``T`` bytes per token (so a
-sequence holds ``S / T`` tokens), ``V`` vocabulary size (rows of the table),
+Shape letters: ``S`` sequence length in bytes, ``G`` bytes per token (so a
+sequence holds ``S / G`` tokens), ``V`` vocabulary size (rows of the table),
 ``E`` embedding size per byte.
 
-The op is one ``tf.gather`` and one reshape (no copy): the ``T`` embeddings of
-a token are laid side by side in the feature axis, which becomes ``T * E``
+The op is one ``tf.gather`` and one reshape (no copy): the ``G`` embeddings of
+a token are laid side by side in the feature axis, which becomes ``G * E``
 wide. It works eagerly, inside ``tf.function`` with unknown dimensions and
 under ``jit_compile=True``.
 
@@ -29,7 +29,7 @@ _INDEX_DTYPES = (tf.int32, tf.int64)
 
 
 def combine_shape(indices_shape: shapes.Shape | tuple, embedding_dim: int | None) -> shapes.Shape:
-    """Shape of ``combine``: ``(..., S / T, T)`` indices and ``E`` give ``(..., S / T, T * E)``.
+    """Shape of ``combine``: ``(..., S / G, G)`` indices and ``E`` give ``(..., S / G, G * E)``.
 
     Args:
         indices_shape: the shape of the indices, rank >= 2 (``None`` for unknown dims).
@@ -48,7 +48,7 @@ def combine_shape(indices_shape: shapes.Shape | tuple, embedding_dim: int | None
     shape = shapes.normalize_shape(indices_shape)
     if len(shape) < 2:
         raise ValueError(
-            "`indices` must have rank >= 2, shaped (..., S / T, T) with the T bytes of each token on the last axis. "
+            "`indices` must have rank >= 2, shaped (..., S / G, G) with the G bytes of each token on the last axis. "
             f"Received: indices with shape {shape}"
         )
     token_dim = shape[-1]
@@ -71,14 +71,14 @@ def check_indices(indices: tf.Tensor, vocabulary: int | tf.Tensor) -> tf.Operati
 
 
 def combine(indices: tf.Tensor, table: tf.Tensor, validate_indices: bool = True) -> tf.Tensor:
-    """Embeds each byte and lays the ``T`` embeddings of a token side by side.
+    """Embeds each byte and lays the ``G`` embeddings of a token side by side.
 
     ``out[..., s, t * E:(t + 1) * E] = table[indices[..., s, t]]``: one gather of
-    shape ``(..., S / T, T, E)`` followed by a reshape (no copy) that merges the
+    shape ``(..., S / G, G, E)`` followed by a reshape (no copy) that merges the
     last two axes.
 
     Args:
-        indices: integer tensor of shape ``(..., S / T, T)``, rank >= 2; any
+        indices: integer tensor of shape ``(..., S / G, G)``, rank >= 2; any
             dimension may be unknown. Integer dtypes other than int32 / int64
             (e.g. uint8 bytes) are cast to int32.
         table: tensor of shape ``(V, E)``, the embedding of each of the ``V`` values.
@@ -86,7 +86,7 @@ def combine(indices: tf.Tensor, table: tf.Tensor, validate_indices: bool = True)
             (one min and one max over the indices; dropped under XLA).
 
     Returns:
-        A tensor of ``table``'s dtype and shape ``(..., S / T, T * E)``.
+        A tensor of ``table``'s dtype and shape ``(..., S / G, G * E)``.
 
     Raises:
         TypeError: ``indices`` is not an integer tensor.
@@ -115,9 +115,9 @@ def combine(indices: tf.Tensor, table: tf.Tensor, validate_indices: bool = True)
         indices = tf.cast(indices, tf.int32)
     checks = [check_indices(indices, reshaping.dynamic_dims(table)[0])] if validate_indices else []
     with tf.control_dependencies(checks):
-        gathered = tf.gather(table, indices)  # (..., S / T, T, E)
+        gathered = tf.gather(table, indices)  # (..., S / G, G, E)
     rank = indices.shape.rank + 1
-    combined = reshaping.merge(gathered, rank - 2, rank - 1)  # (..., S / T, T * E)
+    combined = reshaping.merge(gathered, rank - 2, rank - 1)  # (..., S / G, G * E)
     return combined
 
 

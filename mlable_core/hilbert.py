@@ -3,7 +3,7 @@
 A Hilbert curve of ``order`` and ``rank`` visits every point of the grid
 ``[0, 2 ** order) ** rank`` once, always stepping to a neighbouring point, so
 that elements close on the flat axis stay close on the grid. ``fold`` turns an
-axis of length ``L = 2 ** (order * rank)`` into ``rank`` axes of side
+axis of length ``S = 2 ** (order * rank)`` into ``rank`` axes of side
 ``2 ** order``, element ``i`` going to the grid point of index ``i`` on the
 curve; ``unfold`` is its inverse.
 
@@ -19,7 +19,7 @@ The permutations used by ``fold`` and ``unfold`` are computed once per
 with a constant index and a reshape, so they work eagerly, in ``tf.function``
 with unknown dimensions and under ``jit_compile=True``.
 
-Shape letters: ``L = 2 ** (order * rank)`` the flat length, ``D = 2 ** order``
+Shape letters: ``S = 2 ** (order * rank)`` the flat length, ``side = 2 ** order``
 the side of the grid.
 """
 
@@ -175,14 +175,14 @@ def fold_permutation(order: int, rank: int) -> np.ndarray:
     """The gather index of ``fold``: the curve position of every grid point, grid in C order.
 
     ``fold(x)`` along the flat axis is ``take(x, fold_permutation(order, rank))``
-    reshaped to ``(D,) * rank``. Cached per ``(order, rank)``; the array is read-only.
+    reshaped to ``(side,) * rank``. Cached per ``(order, rank)``; the array is read-only.
 
     Returns:
-        An int32 array of shape ``(L,)``, a permutation of ``range(L)``.
+        An int32 array of shape ``(S,)``, a permutation of ``range(S)``.
     """
     order, rank = _check_curve(order, rank)
     side = 1 << order
-    grid = np.stack(np.unravel_index(np.arange(side**rank, dtype=np.int64), (side,) * rank), axis=-1)  # (L, rank)
+    grid = np.stack(np.unravel_index(np.arange(side**rank, dtype=np.int64), (side,) * rank), axis=-1)  # (S, rank)
     return _read_only(index(grid, order, rank).astype(np.int32))
 
 
@@ -193,16 +193,16 @@ def unfold_permutation(order: int, rank: int) -> np.ndarray:
     It is the inverse permutation of ``fold_permutation(order, rank)``. Cached; read-only.
 
     Returns:
-        An int32 array of shape ``(L,)``, a permutation of ``range(L)``.
+        An int32 array of shape ``(S,)``, a permutation of ``range(S)``.
     """
     order, rank = _check_curve(order, rank)
     side = 1 << order
-    coords = point(np.arange(side**rank, dtype=np.int64), order, rank)  # (L, rank)
+    coords = point(np.arange(side**rank, dtype=np.int64), order, rank)  # (S, rank)
     return _read_only(np.ravel_multi_index(tuple(coords.T), (side,) * rank).astype(np.int32))
 
 
 def fold_shape(shape: Sequence[int | None], order: int, rank: int, axis: int = -1) -> shapes.Shape:
-    """Shape after ``fold``: ``axis`` (of length ``L``) replaced by ``rank`` axes of side ``D``.
+    """Shape after ``fold``: ``axis`` (of length ``S``) replaced by ``rank`` axes of side ``2 ** order``.
 
     Raises:
         ValueError: ``axis`` is out of range or its known length is not ``2 ** (order * rank)``.
@@ -249,7 +249,7 @@ def _unfold_plan(rank_x: int, axes: tuple[int, ...]) -> tuple[tuple[int, ...], i
 def unfold_shape(
     shape: Sequence[int | None], order: int, rank: int, axes: Sequence[int] | None = None
 ) -> shapes.Shape:
-    """Shape after ``unfold``: the ``rank`` grid axes replaced by one axis of length ``L``.
+    """Shape after ``unfold``: the ``rank`` grid axes replaced by one axis of length ``S``.
 
     The flat axis stands where the smallest of ``axes`` was, the other axes keep their order.
 
@@ -293,20 +293,20 @@ def fold(x: tf.Tensor, order: int, rank: int, axis: int = -1) -> tf.Tensor:
 
     Args:
         x: a tensor of known rank, any dtype.
-        order: bits per grid coordinate; each new axis has side ``D = 2 ** order``.
+        order: bits per grid coordinate; each new axis has ``side = 2 ** order``.
         rank: the number of new axes.
-        axis: the axis to fold, of length ``L = 2 ** (order * rank)``.
+        axis: the axis to fold, of length ``S = 2 ** (order * rank)``.
 
     Returns:
         A tensor of shape ``fold_shape(x.shape, order, rank, axis)``: ``x.shape``
-        with ``axis`` replaced by ``rank`` axes of side ``D``.
+        with ``axis`` replaced by ``rank`` axes of side ``2 ** order``.
 
     Raises:
-        ValueError: bad ``order`` / ``rank`` / ``axis``, or a static axis length other than ``L``.
+        ValueError: bad ``order`` / ``rank`` / ``axis``, or a static axis length other than ``S``.
         TypeError: ``order``, ``rank`` or ``axis`` is not an int.
         tf.errors.InvalidArgumentError: at run time, in graph mode, the axis length
-            was unknown while tracing and is not ``L`` (under XLA, where assertions
-            are dropped, the reshape to ``L`` fails instead).
+            was unknown while tracing and is not ``S`` (under XLA, where assertions
+            are dropped, the reshape to ``S`` fails instead).
 
     Example:
         >>> fold(tf.range(16)[None], order=2, rank=2, axis=1)[0].numpy()
@@ -331,7 +331,7 @@ def fold(x: tf.Tensor, order: int, rank: int, axis: int = -1) -> tf.Tensor:
             x = tf.reshape(x, reshape_target(dims))  # pins the length, so that XLA rejects a wrong one
         permutation = tf.constant(fold_permutation(order, rank))
         gathered = tf.gather(x, permutation, axis=position)
-        folded = tf.reshape(gathered, reshape_target(dims[:position] + [1 << order] * rank + dims[position + 1 :]))  # (..., D, ..., D, ...)
+        folded = tf.reshape(gathered, reshape_target(dims[:position] + [1 << order] * rank + dims[position + 1 :]))  # (..., side, ..., side, ...)
     # the reshape already knows a fully static shape: no EnsureShape op then
     return folded if folded.shape.is_fully_defined() else tf.ensure_shape(folded, output_static)
 
@@ -346,7 +346,7 @@ def unfold(x: tf.Tensor, order: int, rank: int, axes: Sequence[int] | None = Non
 
     Args:
         x: a tensor of known rank, any dtype.
-        order: bits per grid coordinate; each grid axis has side ``D = 2 ** order``.
+        order: bits per grid coordinate; each grid axis has ``side = 2 ** order``.
         rank: the number of grid axes.
         axes: the ``rank`` distinct grid axes, coordinate 0 first; ``None`` means the last ``rank`` axes.
 
@@ -354,10 +354,10 @@ def unfold(x: tf.Tensor, order: int, rank: int, axes: Sequence[int] | None = Non
         A tensor of shape ``unfold_shape(x.shape, order, rank, axes)``.
 
     Raises:
-        ValueError: bad ``order`` / ``rank`` / ``axes``, or a static grid side other than ``D``.
+        ValueError: bad ``order`` / ``rank`` / ``axes``, or a static grid side other than ``2 ** order``.
         TypeError: ``axes`` is not a sequence of ints.
         tf.errors.InvalidArgumentError: at run time, in graph mode, a grid side
-            unknown while tracing is not ``D`` (under XLA the reshape fails instead).
+            unknown while tracing is not ``2 ** order`` (under XLA the reshape fails instead).
 
     Example:
         >>> y = fold(tf.range(16)[None], order=2, rank=2, axis=1)
@@ -380,7 +380,7 @@ def unfold(x: tf.Tensor, order: int, rank: int, axes: Sequence[int] | None = Non
             x = tf.transpose(x, transpose)
         moved = [dims[item] for item in transpose]
         flat = moved[:position] + [1 << (order * rank)] + moved[position + rank :]
-        x = tf.reshape(x, reshape_target(flat))  # (..., L, ...), fails (even under XLA) on a wrong side
+        x = tf.reshape(x, reshape_target(flat))  # (..., S, ...), fails (even under XLA) on a wrong side
         permutation = tf.constant(unfold_permutation(order, rank))
         unfolded = tf.gather(x, permutation, axis=position)
     return unfolded if unfolded.shape.is_fully_defined() else tf.ensure_shape(unfolded, output_static)

@@ -1,7 +1,7 @@
 """Rotary position embedding (RoPE): the cos / sin tables and the rotation.
 
-Shape letters: ``B`` batch (axis 0), ``S`` sequence, ``N`` heads, ``E``
-features, ``R = E - E % 2`` rotated features (an odd last feature passes through
+Shape letters: ``B`` batch (axis 0), ``S`` sequence, ``N`` heads, ``D``
+features, ``R = D - D % 2`` rotated features (an odd last feature passes through
 unchanged).
 
 Conventions, with ``j < R / 2``:
@@ -381,7 +381,7 @@ def rotate(
 ) -> tf.Tensor:
     """Applies the rotary position embedding along ``sequence_axis`` to the features of ``feature_axis``.
 
-    With ``R = E - E % 2`` rotated features and ``j < R / 2``, the pair
+    With ``R = D - D % 2`` rotated features and ``j < R / 2``, the pair
     ``(a, b) = (j, j + R / 2)`` (or ``(2j, 2j + 1)`` when ``interleaved``) at
     position ``p`` along ``sequence_axis`` becomes
     ``out_a = x_a cos - x_b sin``, ``out_b = x_b cos + x_a sin`` with the angle
@@ -390,7 +390,7 @@ def rotate(
     the same angles, except axis 0 with a per-row ``offset``.
 
     The two pairings are related by a fixed permutation: with
-    ``order = [0, R/2, 1, R/2 + 1, ..., R/2 - 1, R - 1] (+ [R] for odd E)``,
+    ``order = [0, R/2, 1, R/2 + 1, ..., R/2 - 1, R - 1] (+ [R] for odd D)``,
     ``rotate(x[..., order], interleaved=True) == rotate(x)[..., order]``.
 
     Args:

@@ -51,6 +51,48 @@ def check_int(value: object, name: str, minimum: int | None = None) -> int:
     return value
 
 
+def check_rank(shape: Sequence[int | None] | object, rank: int, name: str, letters: str) -> Shape:
+    """Checks that a tensor's shape has rank ``rank`` and returns it as a tuple.
+
+    Args:
+        shape: the shape (a tuple, a list or a ``tf.TensorShape``, possibly of unknown rank).
+        rank: the expected rank.
+        name: the argument name used in error messages.
+        letters: the expected shape in glossary letters, e.g. ``"(B, T, N, H)"``.
+
+    Raises:
+        ValueError: the rank differs or is unknown.
+
+    Example:
+        >>> check_rank((2, None, 4), 3, "x", "(B, S, D)")
+        (2, None, 4)
+    """
+    known = not (hasattr(shape, "as_list") and getattr(shape, "rank", 0) is None)
+    if not known or len(tuple(shape.as_list() if hasattr(shape, "as_list") else shape)) != rank:  # type: ignore[union-attr]
+        raise ValueError(f"`{name}` must have rank {rank}, shape {letters}. Received: {name} with shape {format_shape(shape)}")
+    return normalize_shape(shape)
+
+
+def check_same_dims(dims: dict[str, int | None], what: str, received: str) -> None:
+    """Checks that the known sizes in ``dims`` (``{"key B": 2, ...}``) are all equal.
+
+    Args:
+        dims: a description of each size (argument and letter) mapped to the size, ``None`` when unknown.
+        what: what the sizes are, for the message (``"batch sizes B"``).
+        received: the shapes received, for the message.
+
+    Raises:
+        ValueError: two known sizes differ.
+
+    Example:
+        >>> check_same_dims({"query B": 2, "key B": None}, "batch sizes B", "query (2, 3), key (None, 3)")
+    """
+    known = {name: dim for name, dim in dims.items() if dim is not None}
+    if len(set(known.values())) > 1:
+        detail = ", ".join(f"{name}={dim}" for name, dim in known.items())
+        raise ValueError(f"The {what} must agree: {detail}. Received: {received}")
+
+
 def normalize_shape(shape: Sequence[int | None] | object) -> Shape:
     """Returns ``shape`` as a tuple of ``int`` / ``None``.
 

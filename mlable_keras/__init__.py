@@ -9,11 +9,13 @@ a ``.keras`` file. Other submodules (e.g. the demo) load on first access.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
 import pkgutil
 import sys
+from collections.abc import Iterator
 
 
 def _running_the_demo() -> bool:
@@ -22,11 +24,33 @@ def _running_the_demo() -> bool:
     return any(flag == "-m" and module == "mlable_keras.demo" for flag, module in zip(argv, argv[1:]))
 
 
-if _running_the_demo():
-    # the main job prints its own report: keep TensorFlow's C++ start-up lines (oneDNN, CUDA probing,
-    # "Ignoring Assert operator" under XLA) out of it, unless the user asked for them. TensorFlow 2.16
-    # honours this (no line at all); 2.21 prints its absl start-up lines before reading it
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+@contextlib.contextmanager
+def _file_descriptor_2_silenced() -> Iterator[None]:
+    """Sends what C++ code writes to the process' stderr (file descriptor 2) to the null device, then restores it.
+
+    Python errors raised inside still print afterwards, to the restored stderr.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+# the main job prints its own report: keep TensorFlow's C++ start-up lines (oneDNN, CUDA probing, CPU
+# features, and "Ignoring Assert operator" under XLA later) out of it, unless the user set
+# TF_CPP_MIN_LOG_LEVEL. TensorFlow 2.16 honours the variable alone; 2.21 writes its absl start-up lines
+# while it loads, before reading it, so the import itself runs with file descriptor 2 silenced
+_QUIET_START = _running_the_demo() and "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+if _QUIET_START:
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    with _file_descriptor_2_silenced():
+        import tensorflow  # noqa: F401
 
 import keras  # noqa: E402
 

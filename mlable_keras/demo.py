@@ -19,16 +19,12 @@ or a bad corpus.
 
 from __future__ import annotations
 
-import os
-
-# before TensorFlow loads (when the demo is the first import): no C++ info and warning lines
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
 import argparse
 import bz2
 import functools
 import lzma
 import math
+import os
 import sys
 import tempfile
 import time
@@ -141,6 +137,7 @@ def _lzma(data: bytes) -> bytes:
 
 
 COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {"zlib": _zlib, "bz2": _bz2, "lzma": _lzma}
+COMPRESSOR_LEVELS = {"zlib": "-9", "bz2": "-9", "lzma": "-9e"}
 
 
 def compressor_bits_per_byte(train: str, valid: str) -> dict[str, float]:
@@ -229,8 +226,25 @@ def _tokens_per_second(function: Any, count: int, repeats: int = 3) -> float:
     return count / float(np.median(timings))
 
 
-def _plot(history: dict[str, list[float]], path: str, compressors: dict[str, float] | None = None) -> str | None:
-    """Loss, accuracies and bits per byte per epoch; a training curve and its validation share a colour."""
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
+def _stage(say: Callable[..., None], label: str, function: Callable[[], Any]) -> Any:
+    """Runs ``function`` on one line saying what it runs and how long it took (compilation included)."""
+    say(f"  {label} ...", end="", flush=True)
+    start = time.perf_counter()
+    result = function()
+    say(f" {time.perf_counter() - start:.1f} s")
+    return result
+
+
+def training_figure(history: dict[str, list[float]], compressors: dict[str, float] | None = None) -> Any:
+    """The training curves as a matplotlib figure (None without matplotlib): loss, accuracies, bits per byte.
+
+    A training curve (solid) and its validation twin (dashed) share one colour; each compressor's bits per
+    byte is a horizontal reference line in the bits-per-byte panel.
+    """
     try:
         import matplotlib
         import matplotlib.ticker
@@ -241,23 +255,39 @@ def _plot(history: dict[str, list[float]], path: str, compressors: dict[str, flo
         return None
     figure, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4))
     colours = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 2)
-    for key in [key for key in history if not key.startswith("val_")]:
+    # a curve equal to another hides it: one character a token makes token accuracy the character accuracy,
+    # and on ASCII text bits per character are bits per byte (both stay in the printed summary)
+    duplicates = {"bits_per_character"}
+    if history.get("token_accuracy") == history.get("character_accuracy"):
+        duplicates.add("token_accuracy")
+    for key in [key for key in history if not key.startswith("val_") and key not in duplicates]:
         axis = left if key == "loss" else right if key.startswith("bits") else middle
         colour = next(colours)
         for name, style in ((key, "-"), (f"val_{key}", "--")):
             if name in history:
                 values = history[name]
                 axis.plot(range(1, len(values) + 1), values, style, color=colour, marker="o", markersize=3, label=name)
-    for (name, value), style in zip((compressors or {}).items(), (":", "-.", (0, (1, 3)))):
-        right.axhline(value, color="grey", linestyle=style, label=f"{name} ({value:.2f} bits per byte)")
+    references = zip((compressors or {}).items(), ("dimgrey", "black", "darkgoldenrod"), (":", "-.", (0, (5, 1, 1, 1))))
+    for (name, value), colour, style in references:
+        right.axhline(value, color=colour, linestyle=style, label=f"{name} {COMPRESSOR_LEVELS[name]} ({value:.2f} bits per byte)")
     left.set(title="loss", xlabel="epoch", ylabel="cross-entropy (nats per UTF-32 byte)")
     middle.set(title="accuracy", xlabel="epoch", ylabel="share of targets right", ylim=(0, 1))
-    right.set(title="bits per byte (lower is better)", xlabel="epoch", ylabel="bits per UTF-8 byte / character")
+    right.set(title="bits per byte (lower is better)", xlabel="epoch", ylabel="bits per UTF-8 byte")
     for axis in (left, middle, right):
         axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         axis.legend(fontsize=7)
         axis.grid(alpha=0.3)
     figure.tight_layout()
+    return figure
+
+
+def _plot(history: dict[str, list[float]], path: str, compressors: dict[str, float] | None = None) -> str | None:
+    """Saves ``training_figure`` as a PNG at ``path``; None (nothing written) without matplotlib."""
+    figure = training_figure(history, compressors)
+    if figure is None:
+        return None
+    import matplotlib.pyplot as plt
+
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
@@ -293,7 +323,7 @@ def run(
     report.rows = len(inputs)
     train, valid = split_dataset(inputs, targets)
     say(f"corpus: {len(text):,} characters from {source} -> {len(inputs)} rows of {settings.num_tokens} tokens "
-        f"x {settings.token_size} bytes ({settings.token_size // 4} UTF-32 characters per token); "
+        f"x {settings.token_size} bytes ({_count(settings.token_size // 4, 'UTF-32 character')} per token); "
         f"the last {len(valid[0])} rows are the validation")
 
     train_text, valid_text = target_text(train[1]), target_text(valid[1])
@@ -302,7 +332,7 @@ def run(
 
     model = build_model(settings)
     model(inputs[:1])
-    say(f"model: ByteDecoder, {settings.num_layers} blocks, width {model.width}, {settings.num_heads} heads, "
+    say(f"model: ByteDecoder, {_count(settings.num_layers, 'block')}, width {model.width}, {settings.num_heads} heads, "
         f"{model.count_params():,} parameters")
 
     report.loss_before = float(model.evaluate(*valid, batch_size=settings.batch_size, verbose=0, return_dict=True)["loss"])
@@ -332,23 +362,26 @@ def run(
     count = settings.max_new_tokens
     say(f"\ngenerating {count} tokens after the prompt {report.prompt!r} "
         f"({'greedy' if temperature == 0 else f'temperature {temperature}, top-k {top_k}, top-p {top_p}'})")
-    bar = keras.utils.Progbar(5, verbose=verbose, stateful_metrics=["step"])
-    cached, _ = model.generate(prompt_array, count, **sampling)
-    bar.update(1)
-    uncached = model.generate_uncached(prompt_array, count, **sampling)
-    bar.update(2)
+    stage = functools.partial(_stage, say)
+    cached, _ = stage("cached loop, first call (traces and compiles it with XLA)", lambda: model.generate(prompt_array, count, **sampling))
+    uncached = stage("uncached reference loop, first call (compiles it)", lambda: model.generate_uncached(prompt_array, count, **sampling))
     report.cached_equals_uncached = bool(np.array_equal(cached.numpy(), uncached.numpy()))
-    report.cached_tokens_per_second = _tokens_per_second(lambda: model.generate(prompt_array, count, **sampling), count)
-    bar.update(3)
-    report.uncached_tokens_per_second = _tokens_per_second(lambda: model.generate_uncached(prompt_array, count, **sampling), count)
-    bar.update(4)
+    report.cached_tokens_per_second = stage(
+        f"timing the cached loop ({count} tokens, median of 3 runs)", lambda: _tokens_per_second(lambda: model.generate(prompt_array, count, **sampling), count)
+    )
+    report.uncached_tokens_per_second = stage(
+        f"timing the uncached loop ({count} tokens, median of 3 runs)",
+        lambda: _tokens_per_second(lambda: model.generate_uncached(prompt_array, count, **sampling), count),
+    )
     report.completion = decode_tokens(cached[:, prompt_array.shape[1] :])[0]
 
     # three validation prompts, greedy and sampled, in one batch each
     prompts = valid[0][1:4, :prompt_tokens] if len(valid[0]) >= 4 else inputs[-3:, :prompt_tokens]
-    greedy, _ = model.generate(prompts, count)
-    sampled, _ = model.generate(prompts, count, temperature=SAMPLE_TEMPERATURE, seed=(seed, 1))
-    bar.update(5)
+    greedy, _ = stage("3 validation prompts, greedy (a batch of 3: compiles once more)", lambda: model.generate(prompts, count))
+    sampled, _ = stage(
+        f"3 validation prompts, sampled at temperature {SAMPLE_TEMPERATURE}",
+        lambda: model.generate(prompts, count, temperature=SAMPLE_TEMPERATURE, seed=(seed, 1)),
+    )
     report.samples = list(zip(decode_tokens(prompts), decode_tokens(greedy[:, prompt_tokens:]), decode_tokens(sampled[:, prompt_tokens:])))
     say(f"\n{report.prompt}\u2502{report.completion}\n")
     say(f"validation prompts \u2502 greedy, then sampled at temperature {SAMPLE_TEMPERATURE} (seed {seed}):")
@@ -364,7 +397,7 @@ def run(
 
     say(f"\nbits per byte on the validation text ({report.validation_bytes:,} UTF-8 bytes; the compressors "
         f"also see the {len(train_text):,} training characters first)")
-    table = [("mlable ByteDecoder", report.bits_per_byte), *[(f"{name} -9", value) for name, value in report.compressors.items()]]
+    table = [("mlable ByteDecoder", report.bits_per_byte), *[(f"{name} {COMPRESSOR_LEVELS[name]}", value) for name, value in report.compressors.items()]]
     for name, value in table:
         say(f"  {name.ljust(18)}  {value:5.3f}" + ("  (model)" if name.startswith("mlable") else ""))
 

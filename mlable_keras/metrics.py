@@ -15,7 +15,7 @@ config and ``.keras`` files round-trip. The state is two sums (``total``,
 ``tf.distribute`` strategy gives the result of one device.
 
 Weights: ``sample_weight`` broadcasts to the group-level shape
-``(..., K / G)``, aligned on the leading axes like in Keras: one weight per row
+``(..., S / G)``, aligned on the leading axes like in Keras: one weight per row
 ``(B,)``, or one per group (a padding mask over groups) both work. A Keras mask
 carried by ``y_pred`` is applied too (see ``mlable_core.accuracy.group_mask``:
 a group counts when all its elements are unmasked).
@@ -53,10 +53,10 @@ class _GroupAccuracy(keras.metrics.MeanMetricWrapper):
             y_true: the targets.
             y_pred: the predictions (may carry a Keras mask).
             sample_weight: weights broadcastable to the group-level shape
-                (aligned on the leading axes), e.g. ``(B,)`` or ``(B, K / G)``.
+                (aligned on the leading axes), e.g. ``(B,)`` or ``(B, S / G)``.
         """
         mask = _get_keras_mask(y_pred)
-        values = tf.cast(self._fn(y_true, y_pred, **self._fn_kwargs), self.dtype)  # (..., K / G)
+        values = tf.cast(self._fn(y_true, y_pred, **self._fn_kwargs), self.dtype)  # (..., S / G)
         weights = None
         if sample_weight is not None:
             weights = accuracy.broadcast_weights(sample_weight, values, name="sample_weight")
@@ -79,25 +79,25 @@ class _GroupAccuracy(keras.metrics.MeanMetricWrapper):
 class BinaryGroupAccuracy(_GroupAccuracy):
     """Share of groups whose bits all agree, for binary predictions.
 
-    ``y_true`` and ``y_pred`` have the shape ``(..., K * D, ...)`` with the bits
-    along ``axis``: ``D = depth`` consecutive bits make one value (big-endian)
+    ``y_true`` and ``y_pred`` have the shape ``(..., S * depth, ...)`` with the bits
+    along ``axis``: ``depth`` consecutive bits make one value (big-endian)
     and ``G = group`` consecutive values make one group, so a group is correct
-    when all of its ``G * D`` bits agree. A bit is 1 where the value is
+    when all of its ``G * depth`` bits agree. A bit is 1 where the value is
     strictly above ``threshold``, for ``y_true`` and ``y_pred`` alike (use
     ``threshold=0.0`` for logits, with 0 / 1 targets).
 
     Args:
         group: the values ``G`` per group, e.g. 4 bytes per UTF-32-BE character.
-        depth: the bits ``D`` per value, e.g. 8 bits per byte.
+        depth: the bits per value, e.g. 8 bits per byte.
         threshold: the bit threshold applied to both tensors.
         axis: the axis holding the bits.
         name: the metric name.
         dtype: the dtype of the sums and of the result.
 
     Call arguments (``update_state``):
-        y_true: the target bits, shape ``(..., K * D, ...)``.
+        y_true: the target bits, shape ``(..., S * depth, ...)``.
         y_pred: the predicted probabilities, same shape.
-        sample_weight: weights broadcastable to ``(..., K / G, ...)``, aligned on the leading axes.
+        sample_weight: weights broadcastable to ``(..., S / G, ...)``, aligned on the leading axes.
 
     Example:
         >>> metric = BinaryGroupAccuracy(group=2, depth=2)
@@ -134,10 +134,10 @@ class BinaryGroupAccuracy(_GroupAccuracy):
 class CategoricalGroupAccuracy(_GroupAccuracy):
     """Share of groups whose argmax values all match, for one-hot targets.
 
-    ``y_true`` and ``y_pred`` have the shape ``(..., K, C)``: one-hot vectors,
+    ``y_true`` and ``y_pred`` have the shape ``(..., S, C)``: one-hot vectors,
     probabilities or logits over the ``C`` classes; the values are the argmax
     over ``C``. Groups are ``G = group`` consecutive values along ``axis``, an
-    axis of the values ``(..., K)`` (``-1`` is ``K``). For integer targets, use
+    axis of the values ``(..., S)`` (``-1`` is ``S``). For integer targets, use
     ``SparseCategoricalGroupAccuracy``.
 
     Args:
@@ -147,9 +147,9 @@ class CategoricalGroupAccuracy(_GroupAccuracy):
         dtype: the dtype of the sums and of the result.
 
     Call arguments (``update_state``):
-        y_true: one-hot targets, shape ``(..., K, C)``.
+        y_true: one-hot targets, shape ``(..., S, C)``.
         y_pred: probabilities or logits, same shape.
-        sample_weight: weights broadcastable to ``(..., K / G)``, aligned on the leading axes.
+        sample_weight: weights broadcastable to ``(..., S / G)``, aligned on the leading axes.
 
     Example:
         >>> metric = CategoricalGroupAccuracy(group=2)
@@ -175,19 +175,19 @@ class SparseCategoricalGroupAccuracy(_GroupAccuracy):
 
     The sparse form of ``CategoricalGroupAccuracy``, for heads trained with a
     sparse categorical cross-entropy: ``y_true`` holds the class indices,
-    shape ``(..., K)`` (or ``(..., K, 1)``), and ``y_pred`` the probabilities or
-    logits, shape ``(..., K, C)``. It avoids materializing one-hot targets.
+    shape ``(..., S)`` (or ``(..., S, 1)``), and ``y_pred`` the probabilities or
+    logits, shape ``(..., S, C)``. It avoids materializing one-hot targets.
 
     Args:
         group: the values ``G`` per group.
-        axis: the axis of the values ``(..., K)`` along which groups run.
+        axis: the axis of the values ``(..., S)`` along which groups run.
         name: the metric name.
         dtype: the dtype of the sums and of the result.
 
     Call arguments (``update_state``):
-        y_true: class indices, shape ``(..., K)`` or ``(..., K, 1)``.
-        y_pred: probabilities or logits, shape ``(..., K, C)``.
-        sample_weight: weights broadcastable to ``(..., K / G)``, aligned on the leading axes.
+        y_true: class indices, shape ``(..., S)`` or ``(..., S, 1)``.
+        y_pred: probabilities or logits, shape ``(..., S, C)``.
+        sample_weight: weights broadcastable to ``(..., S / G)``, aligned on the leading axes.
 
     Example:
         >>> metric = SparseCategoricalGroupAccuracy(group=2)
@@ -226,9 +226,9 @@ class RawGroupAccuracy(_GroupAccuracy):
         dtype: the dtype of the sums and of the result.
 
     Call arguments (``update_state``):
-        y_true: the targets, shape ``(..., K, ...)``.
+        y_true: the targets, shape ``(..., S, ...)``.
         y_pred: the predictions, same shape.
-        sample_weight: weights broadcastable to ``(..., K / G, ...)``, aligned on the leading axes.
+        sample_weight: weights broadcastable to ``(..., S / G, ...)``, aligned on the leading axes.
 
     Example:
         >>> metric = RawGroupAccuracy(group=1, factor=256.0)
@@ -273,12 +273,12 @@ class BitsPerByte(keras.metrics.Metric):
             float64 keeps long evaluations exact).
 
     Call arguments (``update_state``):
-        y_true: the target bytes, shape ``(..., K)`` (``K`` a multiple of 4 in UTF-32-BE).
+        y_true: the target bytes, shape ``(..., S)`` (``S`` a multiple of 4 in UTF-32-BE).
         y_pred: logits or probabilities over the 256 byte values, shape
-            ``(..., K, 256)``; a Keras mask on it (of the shape of ``y_true``, of
+            ``(..., S, 256)``; a Keras mask on it (of the shape of ``y_true``, of
             the per-character shape, or of leading axes) removes the masked units.
         sample_weight: weights of the units (characters in UTF-32-BE, bytes in
-            UTF-8), broadcastable to ``y_true.shape[:-1] + (K / 4,)`` (UTF-32-BE)
+            UTF-8), broadcastable to ``y_true.shape[:-1] + (S / 4,)`` (UTF-32-BE)
             or ``y_true.shape`` (UTF-8), aligned on the leading axes.
 
     Example:

@@ -20,7 +20,7 @@ from tests import strategies
 
 
 def loop_mask(queries: int, keys: int, step: int = 0, filled: int | None = None, causal: bool = True, window: int | None = None) -> np.ndarray:
-    """The visibility rules of the specification, one (query, slot) pair at a time: ``(F, S)`` booleans."""
+    """The visibility rules of the specification, one (query, slot) pair at a time: ``(T, S)`` booleans."""
     mask = np.zeros((queries, keys), dtype=bool)
     for i in range(queries):
         position = step + i
@@ -33,9 +33,9 @@ def loop_mask(queries: int, keys: int, step: int = 0, filled: int | None = None,
 
 
 def naive_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax attention in float64, one (batch, head, query) row at a time; ``mask`` is ``(B, F, S)``.
+    """Softmax attention in float64, one (batch, head, query) row at a time; ``mask`` is ``(B, T, S)``.
 
-    Returns the outputs ``(B, F, N, H)`` and the weights ``(B, N, F, S)`` (zero where hidden).
+    Returns the outputs ``(B, T, N, H)`` and the weights ``(B, N, T, S)`` (zero where hidden).
     """
     q, k, v = (np.asarray(t, dtype=np.float64) for t in (q, k, v))
     batch, queries, heads, head_dim = q.shape
@@ -65,7 +65,7 @@ def decode_in_chunks(q, k, v, slots: int, chunks, span: str = "auto", return_sco
     """Runs ``cached_attention`` chunk by chunk; returns the outputs, the final cache and the scores per chunk."""
     batch, _, heads, head_dim = q.shape
     if append:
-        cache = tf.zeros((2, batch, 0, heads, head_dim), q.dtype)  # (2, B, T=0, N, H), grown by each call
+        cache = tf.zeros((2, batch, 0, heads, head_dim), q.dtype)  # (2, B, S=0, N, H), grown by each call
     else:
         cache = attention.create_cache(batch, slots, heads, head_dim, dtype=q.dtype)
     outputs, scores, position = [], [], 0
@@ -377,7 +377,7 @@ def test_xla_context_detection():
 
 # overflow and errors ------------------------------------------------------------------------
 
-OVERFLOW = r"The new positions must fit in the cache: 0 <= step and step \+ F <= T, for a cache of shape \(2, 1, 4, 2, 3\)\."
+OVERFLOW = r"The new positions must fit in the cache: 0 <= step and step \+ T <= S, for a cache of shape \(2, 1, 4, 2, 3\)\."
 
 
 def _overflow_inputs(new: int = 2) -> tuple[np.ndarray, ...]:
@@ -388,7 +388,7 @@ def _overflow_inputs(new: int = 2) -> tuple[np.ndarray, ...]:
 def test_overflow_raises_eagerly_and_while_tracing():
     q, k, v, cache = _overflow_inputs()
     for step in (3, tf.constant(3), np.int64(3)):
-        with pytest.raises(ValueError, match=OVERFLOW + r" Received: step=3, F=2 new positions, T=4 slots"):
+        with pytest.raises(ValueError, match=OVERFLOW + r" Received: step=3, T=2 new positions, S=4 slots"):
             attention.cached_attention(q, k, v, cache, step)
     with pytest.raises(ValueError, match=OVERFLOW + r" Received: step=-1"):
         attention.update_cache(cache, k, v, -1)
@@ -400,7 +400,7 @@ def test_overflow_raises_at_run_time_in_a_graph():
     q, k, v, cache = _overflow_inputs()
     graph = tf.function(lambda step: attention.cached_attention(q, k, v, cache, step)[0])
     assert graph(tf.constant(2)).shape == (1, 2, 2, 3)
-    with pytest.raises(tf.errors.InvalidArgumentError, match=OVERFLOW + r" Received at run time: step, F new positions, T slots =.*\n?.*3.*2.*4"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=OVERFLOW + r" Received at run time: step, T new positions, S slots =.*\n?.*3.*2.*4"):
         graph(tf.constant(3))
     update = tf.function(lambda step: attention.update_cache(cache, k, v, step))
     with pytest.raises(tf.errors.InvalidArgumentError, match=OVERFLOW):
@@ -422,20 +422,20 @@ ERRORS = [
     (lambda: attention.create_cache(0, 8, 4, 5), ValueError, r"`batch_size` must be an int >= 1\. Received: batch_size=0"),
     (lambda: attention.create_cache(2, 8.0, 4, 5), TypeError, r"`cache_length` must be an int\. Received: cache_length=8\.0"),
     (lambda: attention.create_cache(2, 8, 4, 5, dtype="int32"), TypeError, r"`dtype` must be a floating dtype\. Received: dtype=int32"),
-    (lambda: attention.cached_attention(_Q, _Q, _Q, _CACHE[0], 0), ValueError, r"`cache` must have rank 5, shape \(2, B, T, N, H\)\. Received: cache with shape \(2, 8, 4, 5\)"),
+    (lambda: attention.cached_attention(_Q, _Q, _Q, _CACHE[0], 0), ValueError, r"`cache` must have rank 5, shape \(2, B, S, K, H\)\. Received: cache with shape \(2, 8, 4, 5\)"),
     (lambda: attention.cached_attention(_Q, _Q, _Q, np.zeros((3, 2, 8, 4, 5), "float32"), 0), ValueError, r"`cache` must stack keys and values on axis 0"),
-    (lambda: attention.cached_attention(_Q[0], _Q, _Q, _CACHE, 0), ValueError, r"`query` must have rank 4, shape \(B, F, N, H\)\. Received: query with shape \(3, 4, 5\)"),
+    (lambda: attention.cached_attention(_Q[0], _Q, _Q, _CACHE, 0), ValueError, r"`query` must have rank 4, shape \(B, T, N, H\)\. Received: query with shape \(3, 4, 5\)"),
     (lambda: attention.cached_attention(_Q, _Q, _Q, _CACHE[:, :1], 0), ValueError, r"The batch sizes B must agree: cache B=1, key B=2, value B=2"),
-    (lambda: attention.cached_attention(_Q, _Q, _Q, _CACHE[..., :3, :], 0), ValueError, r"The head counts N must agree: cache N=3, key N=4"),
+    (lambda: attention.cached_attention(_Q, _Q, _Q, _CACHE[..., :3, :], 0), ValueError, r"The key / value head counts K must agree: cache K=3, key K=4"),
     (lambda: attention.cached_attention(_Q, _Q, _Q, _CACHE[..., :2], 0), ValueError, r"The head sizes H must agree: cache H=2, key H=5"),
-    (lambda: attention.cached_attention(_Q, _Q[:, :2], _Q[:, :2], _CACHE, 0), ValueError, r"With a cache, `query`, `key` and `value` must cover the same F new positions"),
+    (lambda: attention.cached_attention(_Q, _Q[:, :2], _Q[:, :2], _CACHE, 0), ValueError, r"With a cache, `query`, `key` and `value` must cover the same T new positions"),
     (lambda: attention.cached_attention(_Q, _Q, _Q, _CACHE.astype("float16"), 0), TypeError, r"`key` must have the dtype of `cache` \(allocate the cache in the compute dtype\)\. Received: key dtype float32, cache dtype float16"),
     (lambda: attention.cached_attention(_Q, _Q, _Q, _CACHE, 1.5), TypeError, r"`step` must be an int\. Received: step=1\.5"),
     (lambda: attention.cached_attention(_Q, _Q, _Q, _CACHE, tf.constant(1.0)), TypeError, r"`step` must be an integer scalar\. Received: step with dtype float32"),
     (lambda: attention.cached_attention(_Q, _Q, _Q, _CACHE, tf.constant([1])), ValueError, r"`step` must be a scalar\. Received: step with shape \(1,\)"),
     (lambda: attention.cached_attention(_Q, _Q, _Q, _CACHE, 0, span="all"), ValueError, r"`span` must be one of \('auto', 'filled', 'buckets', 'allocated'\)\. Received: span='all'"),
     (lambda: tf.function(lambda: attention.cached_attention(_Q, _Q, _Q, _CACHE, 0, span="filled"), jit_compile=True)(), ValueError, r'`span="filled"` slices the cache to a length known only at run time'),
-    (lambda: attention.cached_attention(_Q, _Q, _Q, _CACHE, 0, attention_mask=np.ones((2, 3, 5), bool)), ValueError, r"`attention_mask` must have shape \(B, F, S\) with F=3 query positions \(or 1\) and S=8 key slots \(or 1\)\. Received: attention_mask with shape \(2, 3, 5\)"),
+    (lambda: attention.cached_attention(_Q, _Q, _Q, _CACHE, 0, attention_mask=np.ones((2, 3, 5), bool)), ValueError, r"`attention_mask` must have shape \(B, T, S\) with T=3 query positions \(or 1\) and S=8 key slots \(or 1\)\. Received: attention_mask with shape \(2, 3, 5\)"),
     (lambda: attention.attention(_Q, _Q, _Q, attention_mask=np.ones((3, 3), bool)), ValueError, r"`attention_mask` must have rank 3"),
     (lambda: attention.attention(_Q, _Q[..., :4], _Q), ValueError, r"The query and key head sizes H must agree: query H=5, key H=4"),
     (lambda: attention.attention(_Q, _Q[:, :2], _Q), ValueError, r"The key and value lengths S must agree: key S=2, value S=3"),
@@ -543,7 +543,7 @@ def test_ring_cache_compiled_loop_traces_once_and_the_layer_uses_it():
 def test_a_mask_of_another_batch_size_is_named():
     rng = np.random.default_rng(41)
     q, k, v = random_qkv(rng, 2, 3, 2, 4)
-    with pytest.raises(ValueError, match=r"`attention_mask` must have shape \(B, F, S\) with B=2 \(the batch of `query`\) or 1\. Received: attention_mask with shape \(3, 3, 3\)"):
+    with pytest.raises(ValueError, match=r"`attention_mask` must have shape \(B, T, S\) with B=2 \(the batch of `query`\) or 1\. Received: attention_mask with shape \(3, 3, 3\)"):
         attention.attention(q, k, v, attention_mask=np.ones((3, 3, 3), bool))
     with pytest.raises(ValueError, match=r"with B=2 \(the batch of `query`\) or 1"):
         attention.cached_attention(q, k, v, attention.create_cache(2, 5, 2, 4), 0, attention_mask=np.ones((3, 3, 5), bool))

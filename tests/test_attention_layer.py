@@ -35,10 +35,10 @@ def keras_twin(layer: CachedMultiHeadAttention, query: np.ndarray, value: np.nda
 
 
 def numpy_rope(x: np.ndarray, positions: np.ndarray, wavelength: float = 10_000.0) -> np.ndarray:
-    """Half-split RoPE of ``(B, F, N, H)`` at float64 ``positions`` ``(B, F)``."""
+    """Half-split RoPE of ``(B, T, N, H)`` at float64 ``positions`` ``(B, T)``."""
     half = x.shape[-1] // 2
     inverse = wavelength ** (-2.0 * np.arange(half) / (2 * half))
-    angles = positions[:, :, None, None] * inverse  # (B, F, 1, H / 2)
+    angles = positions[:, :, None, None] * inverse  # (B, T, 1, H / 2)
     a, b = x[..., :half], x[..., half : 2 * half]
     return np.concatenate([a * np.cos(angles) - b * np.sin(angles), b * np.cos(angles) + a * np.sin(angles), x[..., 2 * half :]], -1)
 
@@ -135,7 +135,7 @@ def test_every_keras_mask_combination_matches_keras(masked, causal):
     expected, expected_scores = twin(query, value, key=key, use_causal_mask=causal, return_attention_scores=True)
     # rows that see at least one key equal Keras'; a row that sees none is all zero here (uniform in Keras)
     seen = np.asarray(scores).sum(-1) > 0.5  # (B, N, F)
-    rows = seen.all(1)  # (B, F)
+    rows = seen.all(1)  # (B, T)
     assert rows.any()
     np.testing.assert_allclose(np.asarray(outputs)[rows], np.asarray(expected)[rows], atol=1e-5)
     np.testing.assert_allclose(np.asarray(scores)[seen], np.asarray(expected_scores)[seen], atol=1e-6)
@@ -159,7 +159,7 @@ def test_attention_mask_of_every_broadcastable_shape(shape):
 
 
 def test_query_mask_alone_with_and_without_a_cache():
-    # a masked decoder attending to an unmasked encoder: the query's mask alone, (B, F, 1)
+    # a masked decoder attending to an unmasked encoder: the query's mask alone, (B, T, 1)
     memory = tf.constant(data(2, 5, WIDTH, seed=6))
     layer = CachedMultiHeadAttention(num_heads=HEADS, key_dim=HEAD_DIM)
     outputs = layer(_masked_embedding(QUERY_IDS), memory, use_causal_mask=False)
@@ -364,7 +364,7 @@ def test_grouped_query_heads_round_trip_and_errors(tmp_path):
         CachedMultiHeadAttention(num_heads=4, key_dim=8, num_key_value_heads=3)
     with pytest.raises(ValueError, match=r"argument `num_key_value_heads`.*Received: num_key_value_heads=0"):
         CachedMultiHeadAttention(num_heads=4, key_dim=8, num_key_value_heads=0)
-    with pytest.raises(ValueError, match=r"`cache` must have shape \(2, B, T, K=2 key / value heads, H=8\)\. Received: cache with shape \(2, 2, 6, 4, 8\)"):
+    with pytest.raises(ValueError, match=r"`cache` must have shape \(2, B, S, K=2 key / value heads, H=8\)\. Received: cache with shape \(2, 2, 6, 4, 8\)"):
         layer(x, x, cache=attention.create_cache(2, 6, 4, 8), step=0)
     with pytest.raises(ValueError, match=r"Grouped-query heads \(`num_key_value_heads`\) need 3D inputs"):
         CachedMultiHeadAttention(num_heads=4, key_dim=8, num_key_value_heads=2)(data(2, 3, 3, 16), data(2, 3, 3, 16), use_causal_mask=False)

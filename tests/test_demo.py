@@ -168,6 +168,21 @@ def test_cli_rejects_bad_arguments_in_one_line_before_training(argv, message, ca
     assert re.search(message, line), line
 
 
+def test_cli_as_a_newcomer_runs_it_prints_one_line_for_a_bad_argument():
+    # the README's command, in a fresh interpreter: TensorFlow's C++ start-up lines (oneDNN, CUDA probing, CPU
+    # features) must not bury the one error line
+    import subprocess
+    import sys
+
+    environment = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run(
+        [sys.executable, "-m", "mlable_keras.demo", "--epochs", "0"], capture_output=True, text=True, env=environment, timeout=300
+    )
+    assert result.returncode == 2, result
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == ["demo: error: --epochs must be >= 1. Received: 0"], result.stderr
+
+
 def test_cli_rejects_an_output_that_is_a_file(tmp_path, capsys):
     path = _write(tmp_path / "file", b"")
     assert demo.main(["--quick", "--output", str(path)]) == 2
@@ -230,3 +245,33 @@ def test_schedule_warms_up_decays_and_stops():
     assert rates[100] == pytest.approx(0.1)
     schedule.steps = 100
     assert schedule.progress() == 1.0
+
+
+def test_training_figure_pairs_curves_labels_axes_and_draws_the_compressors(tmp_path):
+    pytest.importorskip("matplotlib")
+    history = {
+        "loss": [1.0, 0.5], "val_loss": [0.9, 0.6],
+        "byte_accuracy": [0.5, 0.7], "val_byte_accuracy": [0.4, 0.6],
+        "character_accuracy": [0.2, 0.3], "val_character_accuracy": [0.1, 0.2],
+        "token_accuracy": [0.2, 0.3], "val_token_accuracy": [0.1, 0.2],  # one character a token: same curve
+        "bits_per_byte": [4.0, 3.0], "val_bits_per_byte": [3.5, 2.9],
+        "bits_per_character": [4.0, 3.0], "val_bits_per_character": [3.5, 2.9],
+    }
+    compressors = {"zlib": 2.6, "bz2": 2.3, "lzma": 2.1}
+    figure = demo.training_figure(history, compressors)
+    loss, accuracy, bits = figure.axes
+    for axis in figure.axes:
+        assert axis.get_xlabel() == "epoch" and axis.get_ylabel(), axis.get_title()
+        lines = {line.get_label(): line for line in axis.get_lines()}
+        for name, line in lines.items():
+            if name.startswith("val_"):  # a validation curve has its training curve's colour, dashed
+                assert line.get_color() == lines[name[4:]].get_color() and line.get_linestyle() == "--", name
+    assert {line.get_label() for line in accuracy.get_lines()} == {"byte_accuracy", "val_byte_accuracy", "character_accuracy", "val_character_accuracy"}
+    curves = {line.get_label(): line for line in bits.get_lines()}
+    references = {label.split()[0]: float(line.get_ydata()[0]) for label, line in curves.items() if "bits per byte)" in label}
+    assert references == compressors
+    assert {"bits_per_byte", "val_bits_per_byte"} <= set(curves) and "bits_per_character" not in curves
+    assert len({curves[label].get_color() for label in curves if "bits per byte)" in label}) == 3
+    path = demo._plot(history, str(tmp_path / "training.png"), compressors)
+    with open(path, "rb") as handle:
+        assert handle.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -20,7 +20,7 @@ from tests.harness import run_layer_test
 
 
 def numpy_combine(indices: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """``table[indices]`` of shape ``(..., S / T, T, E)`` reshaped to ``(..., S / T, T * E)``."""
+    """``table[indices]`` of shape ``(..., S / G, G, E)`` reshaped to ``(..., S / G, G * E)``."""
     gathered = table[indices]
     return gathered.reshape(indices.shape[:-1] + (indices.shape[-1] * table.shape[-1],))
 
@@ -129,7 +129,7 @@ def test_validation_can_be_switched_off_and_empty_inputs_pass():
 
 
 ERRORS = [
-    (lambda: embedding.combine(tf.constant([1, 2]), tf.zeros((3, 2))), ValueError, r"`indices` must have rank >= 2, shaped \(\.\.\., S / T, T\) .* Received: indices with shape \(2,\)"),
+    (lambda: embedding.combine(tf.constant([1, 2]), tf.zeros((3, 2))), ValueError, r"`indices` must have rank >= 2, shaped \(\.\.\., S / G, G\) .* Received: indices with shape \(2,\)"),
     (lambda: embedding.combine(tf.constant([[1.0, 2.0]]), tf.zeros((3, 2))), TypeError, r"`indices` must be an integer tensor\. Received: indices with dtype float32"),
     (lambda: embedding.combine(tf.constant([[1, 2]]), tf.zeros((3, 2, 2))), ValueError, r"`table` must have rank 2, shaped \(V, E\)\. Received: table with shape \(3, 2, 2\)"),
     (lambda: embedding.combine_shape((4,), 8), ValueError, r"`indices` must have rank >= 2"),

@@ -82,7 +82,7 @@ def test_harness_without_cache():
 def test_harness_with_cache_scores_and_dropout():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(2, 5, 8)).astype("float32")
-    cache = np.zeros((2, 2, 7, 3, 4), dtype="float32")  # (2, B, T, N, H); B=2 keeps fit from splitting it
+    cache = np.zeros((2, 2, 7, 3, 4), dtype="float32")  # (2, B, S, N, H); B=2 keeps fit from splitting it
     run_layer_test(
         layers.CachedMultiHeadAttention,
         dict(num_heads=3, key_dim=4, dropout=0.1, output_shape=6),
@@ -254,7 +254,7 @@ def test_overflow_raises_through_the_layer():
     layer = layers.CachedMultiHeadAttention(num_heads=2, key_dim=4)
     x = tf.ones((1, 2, 8))
     cache = attention.create_cache(1, 4, 2, 4)
-    with pytest.raises(ValueError, match=r"The new positions must fit in the cache: 0 <= step and step \+ F <= T.* Received: step=3, F=2 new positions, T=4 slots"):
+    with pytest.raises(ValueError, match=r"The new positions must fit in the cache: 0 <= step and step \+ T <= S.* Received: step=3, T=2 new positions, S=4 slots"):
         layer(x, x, cache=cache, step=3)
     graph = tf.function(lambda step: layer(x, x, cache=cache, step=step)[0])
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"The new positions must fit in the cache"):
@@ -295,17 +295,17 @@ _CACHE = attention.create_cache(2, 6, 2, 4)
 ATTENTION_ERRORS = [
     (lambda: layers.CachedMultiHeadAttention(2, 4)(_X, _X, step=0), ValueError, r"`step` is only meaningful with a `cache`\. Received: step=0 and cache=None"),
     (lambda: layers.CachedMultiHeadAttention(2, 4, value_dim=5)(_X, _X, cache=_CACHE, step=0), ValueError, r"value_dim == key_dim\. Received: key_dim=4, value_dim=5"),
-    (lambda: layers.CachedMultiHeadAttention(2, 4)(tf.ones((2, 3, 3, 8)), tf.ones((2, 3, 3, 8)), cache=_CACHE, step=0), ValueError, r"A cache needs 3D inputs \(B, F, E\) attending over axis 1\. Received: query shape \(2, 3, 3, 8\)"),
-    (lambda: layers.CachedMultiHeadAttention(3, 4)(_X, _X, cache=_CACHE, step=0), ValueError, r"`cache` must have shape \(2, B, T, N=3, H=4\)\. Received: cache with shape \(2, 2, 6, 2, 4\)"),
+    (lambda: layers.CachedMultiHeadAttention(2, 4)(tf.ones((2, 3, 3, 8)), tf.ones((2, 3, 3, 8)), cache=_CACHE, step=0), ValueError, r"A cache needs 3D inputs \(B, T, D\) attending over axis 1\. Received: query shape \(2, 3, 3, 8\)"),
+    (lambda: layers.CachedMultiHeadAttention(3, 4)(_X, _X, cache=_CACHE, step=0), ValueError, r"`cache` must have shape \(2, B, S, N=3, H=4\)\. Received: cache with shape \(2, 2, 6, 2, 4\)"),
     (lambda: layers.CachedMultiHeadAttention(2, 4)(_X, _X, cache=_CACHE, step=tf.constant(0.0)), TypeError, r"`step` must be an integer scalar"),
-    (lambda: layers.CachedMultiHeadAttention(2, 4)(_X, _X, cache=_CACHE, step=0, attention_mask=tf.ones((2, 3, 3), tf.bool)), ValueError, r"`attention_mask` must have shape \(B, F, S\) with F=3 query positions \(or 1\) and S=6 key slots"),
+    (lambda: layers.CachedMultiHeadAttention(2, 4)(_X, _X, cache=_CACHE, step=0, attention_mask=tf.ones((2, 3, 3), tf.bool)), ValueError, r"`attention_mask` must have shape \(B, T, S\) with T=3 query positions \(or 1\) and S=6 key slots"),
     (lambda: layers.CachedMultiHeadAttention(0, 4), ValueError, r"num_heads"),
 ]
 
 
 def test_keras_masks_on_values_are_rejected_with_a_cache():
     embedded = keras.layers.Embedding(10, 8, mask_zero=True)(np.array([[1, 2, 0], [3, 0, 0]]))
-    with pytest.raises(ValueError, match=r"Keras masks on `value` / `key` only cover the F new positions"):
+    with pytest.raises(ValueError, match=r"Keras masks on `value` / `key` only cover the T new positions"):
         layers.CachedMultiHeadAttention(2, 4)(embedded, embedded, cache=_CACHE, step=0)
 
 
@@ -490,9 +490,9 @@ def test_generation_loop_with_the_cache_matches_recomputing_everything():
     head = keras.layers.Dense(vocabulary)
 
     def step_fn(tokens, cache, step):
-        x = embed(tokens)  # (B, F, E)
+        x = embed(tokens)  # (B, T, D)
         mixed, cache = layer(x, x, cache=cache, step=step)
-        return head(x + mixed), cache  # (B, F, C)
+        return head(x + mixed), cache  # (B, T, C)
 
     def model_fn(tokens):
         x = embed(tokens)

@@ -1,8 +1,9 @@
 """Embedding layers: TokunEmbedding (byte embeddings combined per token) and RotaryPositionalEmbedding.
 
-Shape letters: ``B`` batch, ``S`` sequence length in bytes, ``T`` bytes per
-token, ``E`` embedding size (per byte for TokunEmbedding, per feature vector
-for RoPE), ``N`` heads. Axes count the batch axis (axis 0).
+Shape letters (the glossary of ``mlable_core``): ``B`` batch, ``S`` sequence
+length in bytes, ``G`` bytes per token, ``V`` vocabulary, ``E`` embedding size
+of one byte (TokunEmbedding), ``D`` the features RoPE rotates (``H`` per head),
+``R`` the rotated features, ``N`` heads. Axes count the batch axis (axis 0).
 
 Both layers delegate to ``mlable_core.embedding.combine`` and
 ``mlable_core.rotary.rotate``.
@@ -20,14 +21,14 @@ from mlable_core import embedding, reshaping, rotary, shapes
 
 @keras.saving.register_keras_serializable(package="mlable")
 class TokunEmbedding(keras.layers.Embedding):
-    """Embeds the ``T`` bytes of each token and concatenates their embeddings.
+    """Embeds the ``G`` bytes of each token and concatenates their embeddings.
 
     A ``keras.layers.Embedding`` (same arguments, same ``(input_dim, output_dim)``
     table, same initializers, regularizers, constraints and LoRA, and the same
     ``int8`` / ``int4`` quantization through ``dtype="int8_from_float32"`` or
-    ``Model.quantize``) whose output merges the last two axes: indices of shape ``(..., S / T, T)``
-    give ``(..., S / T, T * E)`` with
-    ``out[..., s, t * E:(t + 1) * E] = embeddings[inputs[..., s, t]]``. It equals
+    ``Model.quantize``) whose output merges the last two axes: indices of shape ``(..., S / G, G)``
+    give ``(..., S / G, G * E)`` with
+    ``out[..., s, g * E:(g + 1) * E] = embeddings[inputs[..., s, g]]``. It equals
     ``keras.layers.Embedding`` followed by a reshape, in one gather.
 
     An index outside ``[0, input_dim)`` raises ``tf.errors.InvalidArgumentError``
@@ -37,7 +38,7 @@ class TokunEmbedding(keras.layers.Embedding):
     reads a clamped row (XLA's gather clamps its indices).
 
     With ``mask_zero=True`` the mask has one value per token, shape
-    ``(..., S / T)``: a token is masked when all its ``T`` indices are 0.
+    ``(..., S / G)``: a token is masked when all its ``G`` indices are 0.
 
     Args:
         input_dim: the vocabulary size ``V`` (256 for bytes).
@@ -48,13 +49,13 @@ class TokunEmbedding(keras.layers.Embedding):
             ``lora_alpha``, ...) and of ``keras.layers.Layer``.
 
     Call arguments:
-        inputs: integer indices of shape ``(..., S / T, T)``, rank >= 2.
+        inputs: integer indices of shape ``(..., S / G, G)``, rank >= 2.
 
     Input shape:
-        ``(..., S / T, T)``.
+        ``(..., S / G, G)``.
 
     Output shape:
-        ``(..., S / T, T * E)``.
+        ``(..., S / G, G * E)``.
 
     Example:
         >>> layer = TokunEmbedding(input_dim=256, output_dim=128)
@@ -82,22 +83,22 @@ class TokunEmbedding(keras.layers.Embedding):
         """The call under an ``int8`` / ``int4`` policy or after ``quantize``: Keras' dequantized lookup, then the combine.
 
         Keras routes a quantized layer's call here instead of ``call``. Its
-        lookup gives ``(..., S / T, T, E)``; the index check and the merge to
-        ``(..., S / T, T * E)`` follow, as in ``call``.
+        lookup gives ``(..., S / G, G, E)``; the index check and the merge to
+        ``(..., S / G, G * E)`` follow, as in ``call``.
         """
         if inputs.dtype not in ("int32", "int64"):
             inputs = tf.cast(inputs, "int32")
         vocabulary = self.input_dim
         check = embedding.check_indices(inputs, vocabulary)
         with tf.control_dependencies([check]):
-            looked_up = super().quantized_call(inputs, *args, **kwargs)  # (..., S / T, T, E)
+            looked_up = super().quantized_call(inputs, *args, **kwargs)  # (..., S / G, G, E)
         dims = reshaping.dynamic_dims(looked_up)
-        return tf.reshape(looked_up, dims[:-2] + [dims[-2] * dims[-1]])  # (..., S / T, T * E)
+        return tf.reshape(looked_up, dims[:-2] + [dims[-2] * dims[-1]])  # (..., S / G, G * E)
 
     def call(self, inputs: Any) -> tf.Tensor:
         if inputs.dtype not in ("int32", "int64"):
             inputs = tf.cast(inputs, "int32")
-        # casting the (V, E) table rather than the (..., T * E) output: same values, far fewer bytes
+        # casting the (V, E) table rather than the (..., G * E) output: same values, far fewer bytes
         table = tf.cast(self.embeddings, self.compute_dtype)
         return embedding.combine(inputs, table)
 
@@ -114,7 +115,7 @@ class TokunEmbedding(keras.layers.Embedding):
 class RotaryPositionalEmbedding(keras.layers.Layer):
     """Rotary position embedding (RoPE), for any sequence and feature axes.
 
-    With ``R = E - E % 2`` rotated features and ``j < R / 2``, the feature pair
+    With ``R = D - D % 2`` rotated features and ``j < R / 2``, the feature pair
     ``(a, b) = (j, j + R / 2)`` (or ``(2j, 2j + 1)`` when ``interleaved``) at
     position ``p`` along ``sequence_axis`` turns by the angle
     ``(p + offset) / scaling_factor * max_wavelength ** (-2j / R)``:
@@ -143,7 +144,7 @@ class RotaryPositionalEmbedding(keras.layers.Layer):
             (one per row, e.g. a left-padded batch); ``offset`` is added.
 
     Input shape:
-        Any shape with distinct sequence and feature axes, e.g. ``(B, S, E)`` or ``(B, S, N, H)``.
+        Any shape with distinct sequence and feature axes, e.g. ``(B, S, D)`` or ``(B, S, N, H)``.
 
     Output shape:
         The input shape.

@@ -4,7 +4,7 @@ Axes count the batch axis (axis 0); negative axes count from the end. Both
 layers are stateless and delegate to ``mlable_core.hilbert``: one ``tf.gather``
 with a cached constant permutation and a reshape, under XLA too.
 
-Shape letters: ``L = 2 ** (order * rank)`` the flat length, ``D = 2 ** order`` the grid side.
+Shape letters: ``S = 2 ** (order * rank)`` the flat length, ``side = 2 ** order`` the grid side.
 """
 
 from __future__ import annotations
@@ -42,19 +42,19 @@ class HilbertFold(_FoldingLayer):
     ``4 ** 5`` bytes folded into a ``32 x 32`` image. ``HilbertUnfold`` is the inverse.
 
     Args:
-        order: bits per grid coordinate; each new axis has side ``D = 2 ** order``.
+        order: bits per grid coordinate; each new axis has ``side = 2 ** order``.
         rank: the number of new axes.
         axis: the axis to fold (default: the last).
         **kwargs: base ``keras.layers.Layer`` arguments (``name``, ``dtype``, ...).
 
     Call arguments:
-        inputs: a tensor whose ``axis`` has length ``L = 2 ** (order * rank)``.
+        inputs: a tensor whose ``axis`` has length ``S = 2 ** (order * rank)``.
 
     Input shape:
-        ``(..., L, ...)`` with ``L`` at ``axis``.
+        ``(..., S, ...)`` with ``S`` at ``axis``.
 
     Output shape:
-        ``(..., D, ..., D, ...)``: ``axis`` replaced by ``rank`` axes of side ``D``.
+        ``(..., side, ..., side, ...)``: ``axis`` replaced by ``rank`` axes of side ``2 ** order``.
 
     Example:
         >>> HilbertFold(order=3, rank=2, axis=1)(tf.ones((2, 64, 5))).shape
@@ -87,20 +87,20 @@ class HilbertUnfold(_FoldingLayer):
     other axes keep their order.
 
     Args:
-        order: bits per grid coordinate; each grid axis has side ``D = 2 ** order``.
+        order: bits per grid coordinate; each grid axis has ``side = 2 ** order``.
         rank: the number of grid axes.
         axes: the ``rank`` distinct grid axes, coordinate 0 first; ``None``
             (default) means the last ``rank`` axes.
         **kwargs: base ``keras.layers.Layer`` arguments.
 
     Call arguments:
-        inputs: a tensor whose ``axes`` all have length ``D``.
+        inputs: a tensor whose ``axes`` all have length ``side = 2 ** order``.
 
     Input shape:
-        ``(..., D, ..., D, ...)`` with the ``D`` at ``axes``.
+        ``(..., side, ..., side, ...)`` with the ``side`` axes at ``axes``.
 
     Output shape:
-        ``(..., L, ...)`` with ``L = 2 ** (order * rank)`` where ``min(axes)`` was.
+        ``(..., S, ...)`` with ``S = 2 ** (order * rank)`` where ``min(axes)`` was.
 
     Example:
         >>> HilbertUnfold(order=3, rank=2, axes=(1, 2))(tf.ones((2, 8, 8, 5))).shape

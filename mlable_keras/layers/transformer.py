@@ -1,10 +1,12 @@
 """Transformer blocks: cached multi-head attention and the gated feed-forward layer.
 
-Shape letters: ``B`` batch, ``F`` positions given to one call, ``S`` key /
-value length without a cache, ``T`` cache slots, ``E`` model width, ``N``
-heads, ``H`` head dimension.
+Shape letters (the glossary of ``mlable_core``, and Keras' ``MultiHeadAttention``
+names): ``B`` batch, ``T`` query positions of one call (with a cache, also the
+new keys / values), ``S`` key / value positions, i.e. the cache slots, ``D``
+model width, ``N`` query heads, ``K`` key / value heads, ``H`` head size,
+``W`` sliding window.
 
-The cache follows ``mlable_core.attention``: one tensor ``(2, B, T, N, H)`` in
+The cache follows ``mlable_core.cache``: one tensor ``(2, B, S, K, H)`` in
 the layer's compute dtype, keys at index 0 and values at index 1, slot ``t``
 holding absolute position ``t``; ``create_cache`` allocates it.
 """
@@ -18,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mlable_core import attention, rotary, shapes
+from mlable_core import attention, reshaping, rotary, shapes
 from mlable_keras import _compat
 
 _ROTARY_KEYS = ("max_wavelength", "scaling_factor", "interleaved")
@@ -54,7 +56,7 @@ def _rank(tensor: Any) -> int | None:
 
 
 def _as_rank3_mask(mask: Any) -> Any:
-    """A mask of rank <= 3 over ``(B, F, S)`` as rank 3 (leading axes of size 1), booleans kept as they are."""
+    """A mask of rank <= 3 over ``(B, T, S)`` as rank 3 (leading axes of size 1), booleans kept as they are."""
     while len(mask.shape) < 3:
         mask = tf.expand_dims(mask, 0)
     return mask
@@ -84,23 +86,23 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
     and RoPE). Several attention axes, other ranks and flash attention use
     Keras' own step.
 
-    Cache (``(2, B, T, N, H)``, see ``mlable_core.attention``):
+    Cache (``(2, B, S, K, H)``, ``K = N`` without grouped-query heads, see ``mlable_core.cache``):
 
-    - ``cache`` and ``step``: the keys / values of the ``F`` new positions are
-      written into the slots ``[step, step + F)`` (replacing what was there),
+    - ``cache`` and ``step``: the keys / values of the ``T`` new positions are
+      written into the slots ``[step, step + T)`` (replacing what was there),
       query ``i`` sits at position ``step + i`` and sees the slots ``<= step + i``
-      (all slots ``< step + F`` without the causal mask), never an empty slot.
-      Prefill (``F > 1``) and decode (``F = 1``) are the same call; decoding one
+      (all slots ``< step + T`` without the causal mask), never an empty slot.
+      Prefill (``T > 1``) and decode (``T = 1``) are the same call; decoding one
       position or any chunk at a time gives the outputs of one causal pass.
       The call returns ``(outputs, cache)`` / ``(outputs, scores, cache)``.
     - ``cache`` without ``step``: the new keys / values are appended after the
-      existing slots (the cache grows by ``F``; all its slots count as filled).
+      existing slots (the cache grows by ``T``; all its slots count as filled).
     - a cache of exactly ``sliding_window`` slots (Keras >= 3.15's
       ``sliding_window``) is a ring buffer (``mlable_core.attention.ring_attention``):
       position ``p`` lives in slot ``p % W``, generation runs to any length in
       ``O(W)`` memory with static shapes, and the outputs equal full attention
       with the window mask. With ``attention_mask``, it covers the ``W`` ring
-      slots followed by the ``F`` new positions.
+      slots followed by the ``T`` new positions.
     - ``cache`` with ``read_only_cache=True``: cross-attention over keys and
       values computed once by ``compute_cache(value, key)`` (e.g. an encoder's
       output). ``value`` / ``key`` are not used, nothing is written, every slot
@@ -111,7 +113,7 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
     ``interleaved``): the projected queries and keys are rotated (never the
     inputs, so that the scores depend on relative positions only), queries and
     keys sitting at ``step + i`` (``0 + i`` without a cache), or at explicit
-    ``positions`` ``(F,)`` / ``(B, F)``. The cache holds rotated keys.
+    ``positions`` ``(T,)`` / ``(B, T)``. The cache holds rotated keys.
 
     Masked and empty slots get a weight of exactly 0, and a query that sees
     no key at all (e.g. a padded position under a Keras mask) gets all-zero
@@ -126,11 +128,11 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
     updates the cache in place. A write past the end of the cache raises
     (eagerly and in graphs); under XLA the output of that call is NaN instead.
 
-    A cache requires 3D inputs ``(B, F, E)`` attending over axis 1 and
+    A cache requires 3D inputs ``(B, T, D)`` attending over axis 1 and
     ``value_dim == key_dim``; other configurations raise a ``ValueError`` when a
     cache is given. Keras masks on ``value`` / ``key`` cannot describe the slots
     written by earlier calls, so with a cache they are rejected: pass
-    ``attention_mask`` over the ``T`` slots. A Keras mask on ``query`` works
+    ``attention_mask`` over the ``S`` slots. A Keras mask on ``query`` works
     everywhere (its rows see nothing).
 
     Args:
@@ -142,33 +144,33 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
             ``num_heads``; ``None`` (default): ``K = N``. Query head ``n`` reads
             key / value head ``n // (N / K)``, as in
             ``keras.layers.GroupQueryAttention`` (same weight layout); the cache
-            holds ``K`` heads, ``(2, B, T, K, H)``, and keys / values are never
+            holds ``K`` heads, ``(2, B, S, K, H)``, and keys / values are never
             repeated to ``N`` heads. Needs 3D inputs.
         **kwargs: the arguments of ``keras.layers.MultiHeadAttention``.
 
     Call arguments:
-        query: ``(B, F, E)`` (or any rank Keras takes, without a cache).
-        value: ``(B, S, E)``; with a cache, the ``F`` new positions ``(B, F, E)``.
+        query: ``(B, T, D)`` (or any rank Keras takes, without a cache).
+        value: ``(B, S, D)``; with a cache, the ``T`` new positions ``(B, T, D)``.
         key: optional, like ``value`` (defaults to ``value``).
-        cache: optional ``(2, B, T, N, H)`` with ``H = key_dim``.
+        cache: optional ``(2, B, S, K, H)`` with ``H = key_dim``.
         step: optional slot of the first new position: a Python int or an
             integer scalar tensor. Only with a cache.
         training: whether the attention dropout is active.
         attention_mask: optional boolean mask of any shape Keras takes,
-            broadcastable to ``(B, F, S)``; with a cache, ``(B, F, T)`` over the slots.
+            broadcastable to ``(B, T, S)``; with a cache, ``(B, T, S)`` over the slots.
         return_attention_scores: also return the attention weights.
         use_causal_mask: hide the positions after each query (default True);
             needs a single attention axis.
         positions: optional explicit RoPE positions of the queries (and of
-            the new keys), ``(F,)`` or ``(B, F)``; only with ``rotary``.
+            the new keys), ``(T,)`` or ``(B, T)``; only with ``rotary``.
         read_only_cache: attend over ``cache`` as given (see above).
         query_mask, value_mask, key_mask: Keras masks, filled in by Keras from
             the inputs' masks.
 
     Output shape:
-        Without a cache, as ``keras.layers.MultiHeadAttention``: ``(B, F, E)``
-        (or ``(B, F) + output_shape``), and scores ``(B, N, F, S)``. With a cache,
-        the same followed by the cache; the scores are ``(B, N, F, T)``.
+        Without a cache, as ``keras.layers.MultiHeadAttention``: ``(B, T, D)``
+        (or ``(B, T) + output_shape``), and scores ``(B, N, T, S)``. With a cache,
+        the same followed by the cache; the scores are ``(B, N, T, S)``.
 
     Example:
         >>> layer = CachedMultiHeadAttention(num_heads=4, key_dim=16)
@@ -227,7 +229,7 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
         query_shape, value_shape, key_shape = (tuple(shape) for shape in (query_shape, value_shape, key_shape))
         if {len(query_shape), len(value_shape), len(key_shape)} != {3}:
             raise ValueError(
-                "Grouped-query heads (`num_key_value_heads`) need 3D inputs (B, F, E). Received: query shape "
+                "Grouped-query heads (`num_key_value_heads`) need 3D inputs (B, T, D). Received: query shape "
                 f"{shapes.format_shape(query_shape)}, value shape {shapes.format_shape(value_shape)}, key shape {shapes.format_shape(key_shape)}"
             )
         if self._attention_axes is not None and tuple(np.atleast_1d(self._attention_axes)) not in ((1,), (-2,)):
@@ -320,7 +322,7 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
             self._check_cache_config(query, value, key, cache, value_mask, key_mask)
             mask = attention_mask
             if query_mask is not None:
-                rows = tf.cast(query_mask, tf.bool)[:, :, None]  # (B, F, 1)
+                rows = tf.cast(query_mask, tf.bool)[:, :, None]  # (B, T, 1)
                 mask = rows if mask is None else tf.logical_and(tf.cast(_as_rank3_mask(mask), tf.bool), rows)
         else:
             mask = self._compute_attention_mask(
@@ -331,11 +333,11 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
             _compat.set_keras_mask(tensor, None)
         gate_dense = _compat.mha_gate_dense(self)
         gate = None if gate_dense is None else gate_dense(query)
-        projected_query = self.query_dense(query)  # (B, F, N, H)
+        projected_query = self.query_dense(query)  # (B, T, N, H)
         projected_key = projected_value = None
         if not read_only_cache:
-            projected_key = self.key_dense(key)  # (B, F or S, N, H)
-            projected_value = self.value_dense(value)  # (B, F or S, N, H)
+            projected_key = self.key_dense(key)  # (B, T or S, N, H)
+            projected_value = self.value_dense(value)  # (B, T or S, N, H)
         if self.rotary is not None:
             projected_query, projected_key = self._rotate(projected_query, projected_key, cache, step, positions)
         scores = None
@@ -350,7 +352,7 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
             )
         if gate is not None:
             mixed = mixed * gate
-        outputs = self.output_dense(mixed)  # (B, F, E)
+        outputs = self.output_dense(mixed)  # (B, T, D)
         if query_mask is not None:
             _compat.set_keras_mask(outputs, query_mask)
         if cache is None:
@@ -358,7 +360,7 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
         return (outputs, scores, cache) if return_attention_scores else (outputs, cache)
 
     def _rotate(self, query: Any, key: Any, cache: Any, step: Any, positions: Any) -> tuple[Any, Any]:
-        """RoPE on the projected ``(B, F, N, H)`` queries and new keys, at ``step + i`` or at ``positions``."""
+        """RoPE on the projected ``(B, T, N, H)`` queries and new keys, at ``step + i`` or at ``positions``."""
         settings = self.rotary
         offset: Any = 0
         if cache is not None and positions is None:
@@ -388,24 +390,24 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
         self, query: Any, key: Any, value: Any, cache: Any, step: Any, mask: Any, training: Any,
         return_attention_scores: bool, use_causal_mask: bool, read_only_cache: bool,
     ) -> tuple[Any, Any, Any]:
-        """The attention step with a cache: ``(mixed (B, F, N, H), scores or None, new cache)``."""
+        """The attention step with a cache: ``(mixed (B, T, N, H), scores or None, new cache)``."""
         sliding_window = _compat.mha_sliding_window(self)
         overridden = type(self)._compute_attention is not CachedMultiHeadAttention._compute_attention
         if read_only_cache:
             cache = tf.convert_to_tensor(cache)
-            queries = attention.dynamic_dims(query)[1]
-            slots = attention.dynamic_dims(cache)[2]
+            queries = reshaping.dynamic_dims(query)[1]
+            slots = reshaping.dynamic_dims(cache)[2]
             visible = attention.build_attention_mask(queries, slots, 0, None, False, None, mask)
             mixed, scores = self._compute_attention(query, cache[0], cache[1], visible, training, return_attention_scores)
             return mixed, scores, cache
         if overridden:
             # the user's attention step over the whole cache, with a mask over the filled slots
-            queries = attention.dynamic_dims(query)[1]
+            queries = reshaping.dynamic_dims(query)[1]
             if step is None:
                 cache, step = attention.append_cache(cache, key, value)
             else:
                 cache = attention.update_cache(cache, key, value, step)
-            slots = attention.dynamic_dims(cache)[2]
+            slots = reshaping.dynamic_dims(cache)[2]
             filled = tf.cast(step, tf.int32) + tf.cast(queries, tf.int32)
             visible = attention.build_attention_mask(queries, slots, step, filled, use_causal_mask, sliding_window, mask)
             mixed, scores = self._compute_attention(query, cache[0], cache[1], visible, training, return_attention_scores)
@@ -440,7 +442,7 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
     ) -> tuple[Any, Any]:
         """Keras' attention step on projected tensors, on ``mlable_core.attention`` where it applies.
 
-        ``(B, F, N, H)`` queries over ``(B, S, N, H)`` keys / values with one
+        ``(B, T, N, H)`` queries over ``(B, S, N, H)`` keys / values with one
         attention axis and a mask of rank <= 3 (any Keras broadcastable form):
         the core kernel (float32 softmax, fully masked rows all zero). Other
         ranks, several attention axes and flash attention: Keras' own step.
@@ -458,7 +460,7 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
         )
         if not served and self.num_key_value_heads != self._num_heads:
             raise ValueError(
-                "Grouped-query heads need (B, F, N, H) projections attending over axis 1, a mask of rank <= 3 and no "
+                "Grouped-query heads need (B, T, N, H) projections attending over axis 1, a mask of rank <= 3 and no "
                 f"flash attention. Received: query with shape {shapes.format_shape(query.shape)}"
             )
         if not served:
@@ -508,7 +510,7 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
         ranks = {_rank(tensor) for tensor in (query, value, key)}
         if ranks != {3} or tuple(self._attention_axes or ()) != (1,):
             raise ValueError(
-                "A cache needs 3D inputs (B, F, E) attending over axis 1. "
+                "A cache needs 3D inputs (B, T, D) attending over axis 1. "
                 f"Received: query shape {shapes.format_shape(query.shape)}, value shape {shapes.format_shape(value.shape)}, "
                 f"key shape {shapes.format_shape(key.shape)}, attention_axes={self._attention_axes}"
             )
@@ -519,15 +521,15 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
             )
         if value_mask is not None or key_mask is not None:
             raise ValueError(
-                "Keras masks on `value` / `key` only cover the F new positions, not the cache slots written "
-                "before: with a cache, pass `attention_mask` of shape (B, F, T) over the slots instead"
+                "Keras masks on `value` / `key` only cover the T new positions, not the cache slots written "
+                "before: with a cache, pass `attention_mask` of shape (B, T, S) over the slots instead"
             )
         expected = (2, None, None, self.num_key_value_heads, self._key_dim)
         cache_shape = tuple(cache.shape)
         if len(cache_shape) != 5 or any(e is not None and d is not None and d != e for d, e in zip(cache_shape, expected)):
             heads = f"N={self._num_heads}" if self.num_key_value_heads == self._num_heads else f"K={self.num_key_value_heads} key / value heads"
             raise ValueError(
-                f"`cache` must have shape (2, B, T, {heads}, H={self._key_dim}). "
+                f"`cache` must have shape (2, B, S, {heads}, H={self._key_dim}). "
                 f"Received: cache with shape {shapes.format_shape(cache_shape)}"
             )
 
@@ -569,7 +571,7 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
     ) -> Any:
         """Keras' output shape; with ``cache_shape``, ``(outputs shape, cache shape)``.
 
-        The cache grows by ``F`` only when ``step`` is omitted (append), which a
+        The cache grows by ``T`` only when ``step`` is omitted (append), which a
         shape alone cannot tell: the cache shape is returned unchanged.
         """
         outputs = super().compute_output_shape(query_shape, value_shape, key_shape)
