@@ -44,7 +44,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from mlable_core import attention, sampling, shapes
+from mlable_core import sampling, shapes
+from mlable_core.cache import in_xla_context
 
 StepFn = Callable[..., tuple[tf.Tensor, Any]]
 Sampler = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
@@ -222,7 +223,7 @@ def check_lengths(prompt: tf.Tensor, lengths: Any, pad_value: int = 0) -> tuple[
                     ))
             return tf.cast(tensor, tf.int32), []
     tensor = tf.cast(tensor, tf.int32)
-    if attention.in_xla_context():
+    if in_xla_context():
         return tensor, []  # XLA drops assertions: check the values before compiling (as ByteDecoder.generate does)
     size = tf.shape(prompt)[1]
     positions = tf.range(size)[tf.newaxis, :]  # (1, S)

@@ -4,20 +4,27 @@ Text is encoded as UTF-32-BE bytes and grouped into tokens of ``token_size``
 bytes (``token_size / 4`` characters). Each position predicts every byte of the
 NEXT token at once, with a 256-way softmax per byte.
 
-Shape letters: ``B`` batch, ``L`` tokens, ``K`` bytes per token (``token_size``),
-``E`` embedding per byte, ``D = K * E`` model width, ``N`` heads, ``H`` head
-dimension, ``T`` cache slots, ``V = 256`` byte values.
+Shape letters (the project glossary): ``B`` batch, ``S`` tokens along the
+sequence (and cache slots), ``T`` tokens given to one cached call, ``G`` bytes
+per token (``token_size``), ``E`` embedding per byte, ``D = G * E`` model
+width, ``N`` heads, ``H`` head size, ``C = 256`` byte values scored by the
+head, ``M`` new tokens of a generation.
 
 The path of a batch (``call``):
-    tokens ``(B, L, K)`` -> ``TokunEmbedding`` ``(B, L, D)`` -> per block:
+    tokens ``(B, S, G)`` -> ``TokunEmbedding`` ``(B, S, D)`` -> per block:
     RMS norm, ``CachedMultiHeadAttention`` (causal, RoPE on its projected
     queries and keys, so scores depend on relative positions only) + residual, RMS norm,
-    ``FeedForwardGate`` + residual -> RMS norm -> byte head ``(B, L, K * V)`` ->
-    ``Divide`` ``(B, L, K, V)`` float32 logits.
+    ``FeedForwardGate`` + residual -> RMS norm -> byte head ``(B, S, G * C)`` ->
+    ``Divide`` ``(B, S, G, C)`` float32 logits.
 
-Cache convention (``mlable_core.decoding``): ``step(tokens, cache, position)``
-returns ``(logits, cache)``; the cache is a tuple with one ``(2, B, T, N, H)``
+Cache convention (``mlable_core.decoding``): ``step(tokens, cache, position, padding=None)``
+returns ``(logits, cache)``; the cache is a tuple with one ``(2, B, S, N, H)``
 tensor per block, in the compute dtype, allocated by ``create_cache``.
+
+Generation (``generate``): greedy, sampled or beam search in one compiled loop,
+on prompts of different lengths in one batch (left-padded, each row with its
+own positions and its pad slots hidden), compiled once per (batch size,
+prompt-length bucket).
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mlable_core import attention, decoding, reshaping, shapes, text
+from mlable_core import cache as kv_cache
+from mlable_core import decoding, reshaping, shapes, text
 from mlable_keras.layers.embedding import TokunEmbedding
 from mlable_keras.layers.reshaping import Divide
 from mlable_keras.layers.transformer import CachedMultiHeadAttention, FeedForwardGate
@@ -38,23 +46,23 @@ BYTES = 256
 
 
 def encode_tokens(texts: Any, num_tokens: int, token_size: int) -> tf.Tensor:
-    """Strings to ``(B, L, K)`` int32 byte tokens (UTF-32-BE, zero-padded or cut to ``L * K / 4`` characters).
+    """Strings to ``(B, S, G)`` int32 byte tokens (UTF-32-BE, zero-padded or cut to ``S * G / 4`` characters).
 
     Args:
         texts: a string, a list of strings or a string tensor ``(B,)``.
-        num_tokens: ``L``, the tokens per row.
-        token_size: ``K``, the bytes per token, a multiple of 4.
+        num_tokens: ``S``, the tokens per row.
+        token_size: ``G``, the bytes per token, a multiple of 4.
     """
     num_tokens = shapes.check_int(num_tokens, "num_tokens", minimum=1)
     token_size = _check_token_size(token_size)
-    data = text.encode(texts, size=num_tokens * token_size // 4)  # (B, 4S) uint8
-    tokens = reshaping.divide(data, input_axis=-2, output_axis=-1, factor=token_size, insert=True)  # (B, L, K)
+    data = text.encode(texts, size=num_tokens * token_size // 4)  # (B, S * G) uint8
+    tokens = reshaping.divide(data, input_axis=-2, output_axis=-1, factor=token_size, insert=True)  # (B, S, G)
     return tf.cast(tokens, tf.int32)
 
 
 def decode_tokens(tokens: tf.Tensor, errors: str = "replace") -> list[str]:
-    """``(B, L, K)`` byte tokens back to Python strings, trailing NUL padding removed."""
-    data = reshaping.merge(tf.convert_to_tensor(tokens), left_axis=-2, right_axis=-1)  # (B, L * K)
+    """``(B, S, G)`` byte tokens back to Python strings, trailing NUL padding removed."""
+    data = reshaping.merge(tf.convert_to_tensor(tokens), left_axis=-2, right_axis=-1)  # (B, S * G)
     return [value.decode("utf-8") for value in text.decode(data, errors=errors).numpy().tolist()]
 
 
@@ -70,8 +78,8 @@ class ByteDecoder(keras.Model):
     """A decoder-only byte-level language model: tokens of ``token_size`` bytes in, next-token byte logits out.
 
     Args:
-        token_size: ``K``, bytes per token (a multiple of 4: ``K / 4`` UTF-32 characters).
-        embed_dim: ``E``, the embedding size of one byte; the model width is ``D = K * E``.
+        token_size: ``G``, bytes per token (a multiple of 4: ``G / 4`` UTF-32 characters).
+        embed_dim: ``E``, the embedding size of one byte; the model width is ``D = G * E``.
         num_layers: the number of attention + feed-forward blocks.
         num_heads: ``N``, attention heads.
         head_dim: ``H``, the size of one head (default ``D / N``).
@@ -81,11 +89,11 @@ class ByteDecoder(keras.Model):
         **kwargs: ``keras.Model`` arguments (``name``, ``dtype``, ...).
 
     Call arguments:
-        inputs: ``(B, L, K)`` integer bytes.
+        inputs: ``(B, S, G)`` integer bytes.
         training: whether dropout is active.
 
     Output shape:
-        ``(B, L, K, 256)`` float32 logits of the bytes of the token after each position.
+        ``(B, S, G, 256)`` float32 logits of the bytes of the token after each position.
 
     Example:
         >>> model = ByteDecoder(token_size=16, embed_dim=8, num_layers=1, num_heads=2)
@@ -166,26 +174,26 @@ class ByteDecoder(keras.Model):
         """The model with an optional cache: ``(logits, cache)``.
 
         Args:
-            inputs: ``(B, F, K)`` byte tokens at positions ``[step, step + F)``.
+            inputs: ``(B, T, G)`` byte tokens at positions ``[step, step + T)``.
             cache: ``None`` (a plain causal pass from position 0) or the tuple of
                 per-block caches from ``create_cache``.
             step: the position of ``inputs[:, 0]`` (required with a cache).
             training: whether dropout is active.
-            positions: optional RoPE positions of the ``F`` tokens, ``(F,)`` or
-                ``(B, F)`` (default ``step + i``, or ``i`` without a cache). The
+            positions: optional RoPE positions of the ``T`` tokens, ``(T,)`` or
+                ``(B, T)`` (default ``step + i``, or ``i`` without a cache). The
                 logits do not change when every position shifts by the same amount.
             attention_mask: optional boolean mask combined with the causal one,
-                ``(B, F, S)`` over the cache slots with a cache (``(B, 1, S)``
-                hides slots from every query), ``(B, F, F)`` without.
+                ``(B, T, S)`` over the cache slots with a cache (``(B, 1, S)``
+                hides slots from every query), ``(B, T, T)`` without.
 
         Returns:
-            ``(B, F, K, 256)`` float32 logits and the updated cache (``None`` without one).
+            ``(B, T, G, 256)`` float32 logits and the updated cache (``None`` without one).
         """
         if cache is not None and step is None:
             raise ValueError("`step` is required with a `cache`: the position of the first input token.")
         if cache is not None and len(cache) != self.num_layers:
             raise ValueError(f"`cache` must hold one tensor per block ({self.num_layers}). Received: {len(cache)} tensors")
-        hidden = self.embedding(inputs)  # (B, F, D)
+        hidden = self.embedding(inputs)  # (B, T, D)
         updated = []
         for index in range(self.num_layers):
             normed = self.attention_norms[index](hidden)
@@ -203,7 +211,7 @@ class ByteDecoder(keras.Model):
                 updated.append(layer_cache)
             hidden = hidden + mixed
             hidden = hidden + self.feedforwards[index](self.feedforward_norms[index](hidden), training=training)
-        logits = self.split(self.head(self.final_norm(hidden)))  # (B, F, K, V)
+        logits = self.split(self.head(self.final_norm(hidden)))  # (B, T, G, C)
         return tf.cast(logits, tf.float32), (None if cache is None else tuple(updated))
 
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
@@ -240,7 +248,7 @@ class ByteDecoder(keras.Model):
     def create_cache(self, batch_size: int, length: int) -> tuple[tf.Tensor, ...]:
         """Empty caches, one ``(2, B, S, N, H)`` tensor per block, in the compute dtype, for ``length`` slots."""
         return tuple(
-            attention.create_cache(batch_size, length, self.num_heads, self.head_dim, dtype=self.compute_dtype)
+            kv_cache.create_cache(batch_size, length, self.num_heads, self.head_dim, dtype=self.compute_dtype)
             for _ in range(self.num_layers)
         )
 
