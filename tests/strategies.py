@@ -220,3 +220,26 @@ def token_cases(draw: st.DrawFn, max_rank: int = 4) -> tuple[tuple[int, ...], in
     """``(indices shape (..., S / T, T), V, E)`` for the byte-embedding combination."""
     shape = draw(shapes(min_rank=2, max_rank=max_rank, min_side=1, max_side=5))
     return shape, draw(st.integers(1, 300)), draw(st.integers(1, 6))
+
+
+# generation: ragged batches and beams (issue 13) -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RaggedCase:
+    """A batch of prompts of different lengths, a generation length and a seed for the data."""
+
+    lengths: tuple[int, ...]
+    max_new_tokens: int
+    seed: int
+
+
+@st.composite
+def ragged_cases(draw: st.DrawFn, max_batch: int = 3, max_length: int = 6, max_new_tokens: int = 8) -> RaggedCase:
+    """Per-row prompt lengths in ``[1, max_length]`` (often different), ``1 <= M <= max_new_tokens``."""
+    batch = draw(st.integers(1, max_batch))
+    return RaggedCase(
+        lengths=tuple(draw(st.lists(st.integers(1, max_length), min_size=batch, max_size=batch))),
+        max_new_tokens=draw(st.integers(1, max_new_tokens)),
+        seed=draw(st.integers(0, 2**16)),
+    )
