@@ -235,9 +235,11 @@ class RaggedCase:
 
 
 @st.composite
-def ragged_cases(draw: st.DrawFn, max_batch: int = 3, max_length: int = 6, max_new_tokens: int = 8) -> RaggedCase:
+def ragged_cases(
+    draw: st.DrawFn, max_batch: int = 3, max_length: int = 6, max_new_tokens: int = 8, min_batch: int = 1
+) -> RaggedCase:
     """Per-row prompt lengths in ``[1, max_length]`` (often different), ``1 <= M <= max_new_tokens``."""
-    batch = draw(st.integers(1, max_batch))
+    batch = draw(st.integers(min_batch, max_batch))
     return RaggedCase(
         lengths=tuple(draw(st.lists(st.integers(1, max_length), min_size=batch, max_size=batch))),
         max_new_tokens=draw(st.integers(1, max_new_tokens)),
