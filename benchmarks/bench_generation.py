@@ -131,8 +131,12 @@ def _breakdown(model: ByteDecoder, batch: int, prompt_tokens: int, new_tokens: i
     visible = (tf.range(slots)[tf.newaxis, :] >= padding[:, tf.newaxis])[:, tf.newaxis, :]  # (B, 1, S)
 
     def loop(body: Callable, state: object) -> Callable[[], object]:
+        """``body(slot, state)`` in a compiled loop over the generation's slots; the caches are created inside, as in ``generate``."""
+
         @tf.function(jit_compile=True)
         def run(state):
+            state = tf.nest.map_structure(lambda leaf: tf.zeros_like(leaf) if leaf.shape.rank == 5 else leaf, state)
+
             def step(index, state):
                 return index + 1, body(index + bucket, state)
 
@@ -168,7 +172,7 @@ def _breakdown(model: ByteDecoder, batch: int, prompt_tokens: int, new_tokens: i
     prompt = rng.integers(0, BYTES, size=(batch, prompt_tokens, size)).astype("int32")
     parts["generate"] = lambda: model.generate(prompt, new_tokens)[0]
     parts["prefill"] = lambda: model.generate(prompt, 1)[0]  # the prompt's pass and one token, the call's overheads
-    timings = _measure_many(parts, 2 * repeats, rounds=min(3, repeats))
+    timings = _measure_many(parts, 5 * repeats, rounds=max(1, 5 * repeats // 2))
     # the fastest of the interleaved repeats: the parts are short loops, and on a shared machine the
     # least disturbed run is the best estimate of each one's own cost (medians moved up to 2x between parts)
     per_token = {name: value.min_s / new_tokens for name, value in timings.items()}
