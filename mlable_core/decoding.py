@@ -12,7 +12,7 @@ The step convention: a model that can generate exposes
 - ``inputs``: ``(B, T, *token_shape)`` the ``T`` tokens written at cache slots
   ``[step, step + T)`` (the prompt at prefill, one token afterwards);
 - ``cache``: any nested structure of tensors (typically one ``(2, B, S, K, H)``
-  tensor per attention layer, see ``mlable_core.attention``), allocated for at
+  tensor per attention layer, see ``mlable_core.cache``), allocated for at
   least ``S + M`` slots and returned updated, with the same structure, shapes
   and dtypes;
 - ``step``: an int32 scalar tensor, the slot of ``inputs[:, 0]``;
@@ -251,8 +251,12 @@ def _check_prompt(prompt: Any) -> tf.Tensor:
     return prompt
 
 
-def _check_cache(cache: Any, cache_axes: tuple[int, int | None], batch: int | None, needed: int | None) -> None:
+def _check_cache(cache: Any, cache_axes: tuple[int, int | None] | None, batch: int | None, needed: int | None) -> None:
     """Static checks of every cache tensor: its batch axis holds ``B`` rows and its slot axis ``>= S + M`` slots."""
+    if cache_axes is None:
+        return
+    if not isinstance(cache_axes, (tuple, list)) or len(cache_axes) != 2:
+        raise ValueError(f"`cache_axes` must be (batch axis, slot axis or None), or None. Received: cache_axes={cache_axes!r}")
     batch_axis, slot_axis = cache_axes
     for leaf in tf.nest.flatten(cache):
         shape = getattr(leaf, "shape", None)
@@ -261,18 +265,19 @@ def _check_cache(cache: Any, cache_axes: tuple[int, int | None], batch: int | No
         dims = shape.as_list()
         if batch_axis >= len(dims) or (slot_axis is not None and slot_axis >= len(dims)):
             raise ValueError(
-                f"`cache_axes` {cache_axes} (batch axis, slot axis) must index every cache tensor. "
+                f"`cache_axes` {tuple(cache_axes)} (batch axis, slot axis) must index every cache tensor. "
                 f"Received: a cache tensor of shape {shapes.format_shape(dims)}"
             )
         if batch is not None and dims[batch_axis] is not None and dims[batch_axis] != batch:
             raise ValueError(
-                f"Every cache tensor must hold B={batch} rows (the prompt's batch) on axis {batch_axis}. "
-                f"Received: a cache tensor of shape {shapes.format_shape(dims)}"
+                f"Every cache tensor must hold B={batch} rows (the prompt's batch) on its batch axis {batch_axis} "
+                f"(`cache_axes`={tuple(cache_axes)}). Received: a cache tensor of shape {shapes.format_shape(dims)}"
             )
         if slot_axis is not None and needed is not None and dims[slot_axis] is not None and dims[slot_axis] < needed:
             raise ValueError(
-                f"The cache must have room for the prompt and the new tokens: S + max_new_tokens = {needed} slots on axis "
-                f"{slot_axis}, so that no row is cut short. Received: a cache tensor of shape {shapes.format_shape(dims)}"
+                f"The cache must have room for the prompt and the new tokens: S + max_new_tokens = {needed} slots on its slot "
+                f"axis {slot_axis} (`cache_axes`={tuple(cache_axes)}), so that no row is cut short. "
+                f"Received: a cache tensor of shape {shapes.format_shape(dims)}"
             )
 
 
@@ -306,14 +311,12 @@ def _call_step(step_fn: StepFn, inputs: tf.Tensor, cache: Any, step: tf.Tensor, 
 
 
 def _prepare(
-    prompt: Any, cache: Any, max_new_tokens: int, lengths: Any, pad_value: int, cache_axes: tuple[int, int | None]
+    prompt: Any, cache: Any, max_new_tokens: int, lengths: Any, pad_value: int, cache_axes: tuple[int, int | None] | None
 ) -> tuple[tf.Tensor, tf.Tensor | None, list[tf.Operation], int | tf.Tensor]:
     max_new_tokens = shapes.check_int(max_new_tokens, "max_new_tokens", minimum=1)
     prompt = _check_prompt(prompt)
     batch = prompt.shape[0] if prompt.shape[0] is not None else tf.shape(prompt)[0]  # static when known: loop shapes stay fixed
     needed = None if prompt.shape[1] is None else prompt.shape[1] + max_new_tokens
-    if len(cache_axes) != 2:
-        raise ValueError(f"`cache_axes` must be (batch axis, slot axis or None). Received: cache_axes={cache_axes!r}")
     _check_cache(cache, cache_axes, prompt.shape[0], needed)
     padding, checks = None, []
     if lengths is not None:
@@ -334,7 +337,7 @@ def generate(
     lengths: tf.Tensor | None = None,
     num_beams: int = 1,
     length_penalty: float = 1.0,
-    cache_axes: tuple[int, int | None] = (1, 2),
+    cache_axes: tuple[int, int | None] | None = (1, 2),
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Generates up to ``max_new_tokens`` tokens after ``prompt``: prefill once, then one step per token.
 
@@ -372,8 +375,10 @@ def generate(
             (greedy ``sampler`` only).
         length_penalty: beam search only, see ``beam_search``.
         cache_axes: ``(batch axis, slot axis)`` of every cache tensor (``(1, 2)``
-            for ``mlable_core.attention`` caches ``(2, B, S, K, H)``); the slot axis
-            may be ``None`` for a cache without a length limit (a ring buffer).
+            for ``mlable_core.cache`` caches ``(2, B, S, K, H)``), checked before
+            tracing; the slot axis may be ``None`` for a cache without a length
+            limit (a ring buffer), and ``cache_axes=None`` skips the checks (then
+            nothing guards the cache length; beam search needs the batch axis).
 
     Returns:
         ``(tokens, lengths)``: ``(B, S + M, *token_shape)`` tokens in the prompt's
@@ -505,7 +510,7 @@ def beam_search(
     stop: Callable[[tf.Tensor], tf.Tensor] | None = None,
     pad_value: int = 0,
     lengths: tf.Tensor | None = None,
-    cache_axes: tuple[int, int | None] = (1, 2),
+    cache_axes: tuple[int, int | None] | None = (1, 2),
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Beam search in one compiled loop: the ``num_beams`` most likely continuations, cache rows reordered per step.
 
@@ -559,6 +564,8 @@ def beam_search(
         raise ValueError(f"Beam search needs a static token shape. Received: prompt with shape {prompt.shape}")
     values = int(np.prod(token_shape, dtype=np.int64))  # G
     beams, rows = num_beams, batch * num_beams
+    if cache_axes is None:
+        raise ValueError("Beam search reorders the cache rows: `cache_axes` must give the batch axis of the cache tensors. Received: cache_axes=None")
     batch_axis = cache_axes[0]
 
     def log_probs(logits: tf.Tensor) -> tf.Tensor:
