@@ -63,6 +63,24 @@ def _layers(batch: int, width: int, heads: int, head_dim: int) -> tuple[keras.la
     return ours, hub
 
 
+def caches(batch: int, slots: int, heads: int, head_dim: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """One random filled cache in our layout ``(2, B, S, N, H)`` and in keras-hub's ``(B, 2, S, N, H)``."""
+    values = np.random.default_rng(0).normal(size=(2, batch, slots, heads, head_dim)).astype("float32")
+    return tf.constant(values), tf.constant(values.transpose(1, 0, 2, 3, 4))
+
+
+def keras_hub_per_call(hub: keras.layers.Layer, x: tf.Tensor, slots: int):
+    """keras-hub's decode step as one XLA-compiled call ``fn(cache, step)``, with the causal mask over the slots."""
+    batch = x.shape[0]
+
+    @tf.function(jit_compile=True)
+    def hub_xla(cache: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
+        mask = tf.broadcast_to(tf.range(slots)[None, None, :] <= step, (batch, 1, slots))
+        return hub(x, x, cache=cache, cache_update_index=step, attention_mask=mask)[0]
+
+    return hub_xla
+
+
 def _loop_functions(ours: keras.layers.Layer, hub: keras.layers.Layer | None, x: tf.Tensor, slots: int):
     """Compiled loops ``fn(cache, position, steps)`` that decode at ``position`` ``steps`` times.
 
@@ -135,20 +153,13 @@ def run(quick: bool = False) -> list[timing.Row]:
         filled_levels, repeats = (FILLED_QUICK, 3) if quick else (FILLED, 5)
     ours, hub = _layers(batch, width, heads, head_dim)
     x = tf.random.normal((batch, 1, width))
-    rng = np.random.default_rng(0)
-    values = rng.normal(size=(2, batch, slots, heads, head_dim)).astype("float32")
-    ours_cache = tf.constant(values)  # (2, B, T, N, H)
-    hub_cache = tf.constant(values.transpose(1, 0, 2, 3, 4))  # keras-hub's (B, 2, T, N, H)
+    ours_cache, hub_cache = caches(batch, slots, heads, head_dim)  # (2, B, S, N, H), keras-hub's (B, 2, S, N, H)
     shape = f"B={batch} d={width} {heads}x{head_dim} T={slots}"
     ours_loop, hub_loop = _loop_functions(ours, hub, x, slots)
 
     ours_graph = tf.function(lambda cache, step: ours(x, x, cache=cache, step=step)[0])
     ours_xla = tf.function(lambda cache, step: ours(x, x, cache=cache, step=step)[0], jit_compile=True)
-
-    @tf.function(jit_compile=True)
-    def hub_xla(cache: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
-        mask = tf.broadcast_to(tf.range(slots)[None, None, :] <= step, (batch, 1, slots))
-        return hub(x, x, cache=cache, cache_update_index=step, attention_mask=mask)[0]
+    hub_xla = None if hub is None else keras_hub_per_call(hub, x, slots)
 
     for filled in filled_levels:
         label = f"{shape} filled={filled}"

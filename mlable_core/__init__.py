@@ -7,6 +7,7 @@ Nothing here imports Keras. Submodules are loaded on first access, so that
 - ``reshaping``: divide, merge, swap and move axes.
 - ``cache``: the key / value cache (create, write at a step, append, ring slots, overflow checks).
 - ``attention``: attention masks, plain attention and attention over a cache (linear or ring).
+- ``chunked``: attention over long sequences in bounded memory (blocks, online softmax, recomputed gradient).
 - ``embedding``: byte-embedding combination (tokun): one gather, one reshape.
 - ``rotary``: rotary position embedding (RoPE) tables and rotation.
 - ``decoding``: the compiled generation loop (prefill, then one token per step, cache threaded through).

@@ -482,10 +482,12 @@ def cached_attention(
         query: ``(B, T, N, H)`` projected queries.
         key: ``(B, T, K, H)`` projected keys of the same ``T`` positions (``K`` divides ``N``).
         value: ``(B, T, K, H)`` projected values.
-        cache: ``(2, B, S, K, H)`` in the dtype of the projections.
+        cache: ``(2, B, S, K, H)`` in the dtype of the projections; a tensor,
+            or a ``tf.Variable``, written in place and returned as is (for a
+            decode step called from Python: see ``mlable_core.cache``).
         step: absolute position of the first new position (Python int or int
             scalar tensor); ``None`` appends after the existing slots (the
-            cache grows by ``T``, and every slot counts as filled).
+            cache grows by ``T``, and every slot counts as filled; not for a variable).
         attention_mask: optional boolean ``(B, T, S)`` over the cache slots
             (with ``step=None``: over the ``S + T`` slots after the append).
         use_causal_mask: query ``i`` sees slots ``<= step + i`` only.
@@ -519,7 +521,11 @@ def cached_attention(
     """
     xla = in_xla_context()
     _check_span(span, xla)
-    query, key, value, cache = (tf.convert_to_tensor(t) for t in (query, key, value, cache))
+    variable = cache if isinstance(cache, tf.Variable) else None
+    if variable is not None and step is None:
+        kv_cache.reject_variable(variable, "appending (step=None)")
+    query, key, value = (tf.convert_to_tensor(t) for t in (query, key, value))
+    cache = variable if variable is not None else tf.convert_to_tensor(cache)
     _check_qkv(query, key, value)
     _check_mask_batch(attention_mask, query)
     _check_same_new_positions(query, key)
@@ -529,6 +535,8 @@ def cached_attention(
         cache, step = append_cache(cache, key, value)  # (2, B, S + T, K, H), step = S
     else:
         cache = update_cache(cache, key, value, step)  # (2, B, S, K, H)
+        if variable is not None:
+            cache = tf.convert_to_tensor(variable)  # read after the write (ordered on the resource); no copy
         step = kv_cache.normalize_step(step)[0]
         if xla:  # XLA drops the overflow assertion: the flag turns the output into NaN instead
             overflow = kv_cache.write_overflows(step, new, dynamic_dims(cache)[2])
@@ -543,6 +551,8 @@ def cached_attention(
         output, scores = read(step + tf.cast(new, tf.int32) if span == "filled" else dynamic_dims(cache)[2])
     if overflow is not None:
         output = tf.where(overflow, tf.constant(float("nan"), output.dtype), output)
+    if variable is not None:
+        cache = variable
     return (output, scores, cache) if return_scores else (output, cache)
 
 
@@ -677,6 +687,7 @@ def ring_attention(
         >>> ring.shape
         TensorShape([2, 1, 4, 2, 8])
     """
+    kv_cache.reject_variable(cache, "a ring cache")
     query, key, value, cache = (tf.convert_to_tensor(t) for t in (query, key, value, cache))
     _check_qkv(query, key, value)
     _check_mask_batch(attention_mask, query)

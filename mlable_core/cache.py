@@ -24,6 +24,18 @@ Outside XLA the write returns a new tensor (TensorFlow tensors are immutable),
 one copy of the cache per call; under XLA (``jit_compile=True``) it is a
 scatter that XLA performs in place inside a compiled loop.
 
+Variable cache (a serving loop from Python): a linear cache held in a
+``tf.Variable`` (``tf.Variable(create_cache(...), trainable=False)``) is
+written in place: ``update_cache`` assigns the slots ``[step, step + T)`` of
+the variable's buffer (a strided-slice assign, never a scatter, so that reads
+of the variable stay copy-free) and returns the variable itself. A decode step
+called once per token from Python (a ``tf.function`` without an XLA loop) then
+costs what it reads, not a copy of the whole cache. The buffer is reused as long
+as no tensor read from it is held across calls (TensorFlow copies a buffer
+that a live tensor still shares before writing into it): let the step
+function return the outputs only. A variable cache cannot grow
+(``append_cache``) nor serve as a ring.
+
 A write past the end (``step + T > S``) or at a negative step raises a
 ``ValueError`` eagerly and when ``step`` is a Python int, and a
 ``tf.errors.InvalidArgumentError`` with the same message at run time in a
@@ -195,6 +207,27 @@ def check_fits(cache: tf.Tensor, new: int | tf.Tensor, step: tf.Tensor, step_val
     return [tf.debugging.Assert(fits, [_overflow_message(cache.shape.as_list()), step, new, slots])]
 
 
+def _write_variable(cache: tf.Variable, key: tf.Tensor, value: tf.Tensor, step: int | tf.Tensor) -> tf.Variable:
+    """``update_cache`` for a variable cache: assigns the slots ``[step, step + T)`` in place, returns the variable."""
+    key, value = tf.convert_to_tensor(key), tf.convert_to_tensor(value)
+    check_update(cache, key, value)
+    step, step_value = normalize_step(step)
+    new = dynamic_dims(key)[1]
+    checks = check_fits(cache, new, step, step_value)
+    if in_xla_context():
+        # XLA needs the bounds of a strided-slice assign as compile-time constants (one compilation per step):
+        # write through the scatter instead, which drops the slots out of range as on a tensor cache
+        cache.assign(scatter_slots(tf.convert_to_tensor(cache), key, value, step + tf.range(new)))
+        return cache
+    update = tf.stack([key, value])  # (2, B, T, K, H)
+    begin = tf.stack([0, 0, step, 0, 0])
+    end = begin + tf.shape(update, out_type=tf.int32)
+    with tf.control_dependencies(checks):
+        # a dense strided-slice assign: a scatter op would switch the variable to copy-on-read, copying it at every read
+        tf.raw_ops.ResourceStridedSliceAssign(ref=cache.handle, begin=begin, end=end, strides=tf.ones([5], tf.int32), value=update)
+    return cache
+
+
 def scatter_slots(cache: tf.Tensor, key: tf.Tensor, value: tf.Tensor, slots: tf.Tensor) -> tf.Tensor:
     """Writes ``key`` / ``value`` ``(B, T, K, H)`` into the cache slots ``slots`` ``(T,)``, without validation.
 
@@ -219,17 +252,19 @@ def update_cache(cache: tf.Tensor, key: tf.Tensor, value: tf.Tensor, step: int |
     The slots are replaced (a step written twice holds the last write); every
     other slot is unchanged. Under XLA inside a compiled loop the write is done
     in place on the loop's cache buffer; elsewhere the result is a new tensor
-    (one copy of the cache).
+    (one copy of the cache). A ``tf.Variable`` cache is written in place
+    everywhere and returned as is (see the module docstring).
 
     Args:
-        cache: ``(2, B, S, K, H)``, keys at index 0 and values at index 1.
+        cache: ``(2, B, S, K, H)``, keys at index 0 and values at index 1: a
+            tensor, or a ``tf.Variable``.
         key: ``(B, T, K, H)``, in the dtype of ``cache``.
         value: ``(B, T, K, H)``, in the dtype of ``cache``.
         step: the slot of the first new position: a Python int or an integer
             scalar tensor (e.g. an int32 loop counter).
 
     Returns:
-        The updated cache, same shape and dtype.
+        The updated cache, same shape and dtype (the same variable for a variable cache).
 
     Raises:
         ValueError: shapes do not match, or the write does not fit
@@ -245,7 +280,12 @@ def update_cache(cache: tf.Tensor, key: tf.Tensor, value: tf.Tensor, step: int |
         >>> new = tf.ones((1, 3, 2, 4))
         >>> update_cache(cache, new, 2 * new, step=5)[1, 0, :, 0, 0].numpy()
         array([0., 0., 0., 0., 0., 2., 2., 2.], dtype=float32)
+        >>> variable = tf.Variable(cache, trainable=False)  # written in place, no copy per call
+        >>> update_cache(variable, new, 2 * new, step=5) is variable
+        True
     """
+    if isinstance(cache, tf.Variable):
+        return _write_variable(cache, key, value, step)
     cache, key, value = (tf.convert_to_tensor(t) for t in (cache, key, value))
     check_update(cache, key, value)
     step, step_value = normalize_step(step)
@@ -278,6 +318,7 @@ def append_cache(cache: tf.Tensor, key: tf.Tensor, value: tf.Tensor) -> tuple[tf
         >>> grown.shape, int(step)
         (TensorShape([2, 1, 5, 2, 4]), 3)
     """
+    reject_variable(cache, "append_cache (a variable cannot grow: write at a `step` with update_cache)")
     cache, key, value = (tf.convert_to_tensor(t) for t in (cache, key, value))
     check_update(cache, key, value)
     step = tf.shape(cache, out_type=tf.int32)[2]
@@ -332,6 +373,7 @@ def update_ring_cache(cache: tf.Tensor, key: tf.Tensor, value: tf.Tensor, step: 
         >>> update_ring_cache(ring, new, new, step=0)[0, 0, :, 0, 0].numpy()
         array([4., 5., 2., 3.], dtype=float32)
     """
+    reject_variable(cache, "a ring cache")
     cache, key, value = (tf.convert_to_tensor(t) for t in (cache, key, value))
     check_update(cache, key, value)
     window = ring_window(cache)
@@ -343,6 +385,15 @@ def update_ring_cache(cache: tf.Tensor, key: tf.Tensor, value: tf.Tensor, step: 
     first = new - kept
     slots = tf.math.floormod(step + first + tf.range(kept), window)  # (min(T, W),)
     return scatter_slots(cache, key[:, first:], value[:, first:], slots)
+
+
+def reject_variable(cache: object, what: str) -> None:
+    """Raises a ``TypeError`` for a ``tf.Variable`` cache where only a tensor cache works."""
+    if isinstance(cache, tf.Variable):
+        raise TypeError(
+            f"A variable cache is written in place at a `step` (update_cache, cached_attention); {what} needs a tensor "
+            f"cache. Received: cache, a tf.Variable of shape {shapes.format_shape(cache.shape)}"
+        )
 
 
 def ring_window(cache: tf.Tensor) -> int:
@@ -363,6 +414,7 @@ __all__ = [
     "create_cache",
     "in_xla_context",
     "normalize_step",
+    "reject_variable",
     "ring_positions",
     "ring_window",
     "scatter_slots",

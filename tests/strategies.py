@@ -222,6 +222,61 @@ def token_cases(draw: st.DrawFn, max_rank: int = 4) -> tuple[tuple[int, ...], in
     return shape, draw(st.integers(1, 300)), draw(st.integers(1, 6))
 
 
+# chunked attention (issue 12) -------------------------------------------------------------------
+
+# the broadcastable forms of a user mask (B, T, S): which of its three axes have their full size
+MASK_FORMS = (None, (True, True, True), (True, False, True), (False, True, True), (True, True, False), (False, False, True))
+
+
+@dataclass(frozen=True)
+class AttentionCase:
+    """Plain attention on projected tensors: sizes, grouped heads, masks, and the block sizes of a chunked run."""
+
+    batch: int
+    queries: int
+    keys: int
+    kv_heads: int
+    groups: int
+    head_dim: int
+    value_dim: int
+    causal: bool
+    window: int | None
+    mask_form: tuple[bool, bool, bool] | None
+    query_chunk: int
+    key_chunk: int
+    seed: int
+
+    @property
+    def heads(self) -> int:
+        return self.kv_heads * self.groups
+
+    @property
+    def mask_shape(self) -> tuple[int, int, int] | None:
+        if self.mask_form is None:
+            return None
+        return tuple(size if full else 1 for size, full in zip((self.batch, self.queries, self.keys), self.mask_form))
+
+
+@st.composite
+def attention_cases(draw: st.DrawFn, max_length: int = 9, max_chunk: int = 6) -> AttentionCase:
+    """Small attention shapes (grouped-query heads, ``T != S``, ``Hv != H``), any masks, any block sizes."""
+    return AttentionCase(
+        batch=draw(st.integers(1, 2)),
+        queries=draw(st.integers(1, max_length)),
+        keys=draw(st.integers(1, max_length)),
+        kv_heads=draw(st.integers(1, 2)),
+        groups=draw(st.integers(1, 3)),
+        head_dim=draw(st.integers(1, 4)),
+        value_dim=draw(st.integers(1, 4)),
+        causal=draw(st.booleans()),
+        window=draw(st.one_of(st.none(), st.integers(1, 4))),
+        mask_form=draw(st.sampled_from(MASK_FORMS)),
+        query_chunk=draw(st.integers(1, max_chunk)),
+        key_chunk=draw(st.integers(1, max_chunk)),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )
+
+
 # generation: ragged batches and beams (issue 13) -------------------------------------------------
 
 

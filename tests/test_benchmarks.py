@@ -84,14 +84,21 @@ def test_benchmark_module_runs(name: str, restore_optional) -> None:
         assert any(item.bandwidth_share is not None for item in rows), "these rows carry the bytes they move"
     if name == "bench_feedforward":
         assert all(item.flops_share is not None for item in rows), "the feed-forward rows carry their FLOPs"
+    if name == "bench_serving":
+        assert all(item.extra["buffer_reused"] for item in rows), "the variable cache was copied during the timed calls"
+    if name == "bench_chunked":
+        for item in rows:  # memory measured in fresh processes, for both kernels where plain runs
+            assert item.extra["peak_bytes"] > 0 and item.extra["memory_method"], item
+            if item.reference_ms is not None:
+                assert item.extra["memory_ratio"] == pytest.approx(item.extra["peak_bytes"] / item.extra["plain_peak_bytes"]), item
 
 
 def test_every_module_is_covered() -> None:
-    expected = {"attention", "embedding", "feedforward", "generation", "hilbert", "metrics", "reshaping", "rotary", "sampling"}
+    expected = {"attention", "chunked", "embedding", "feedforward", "generation", "hilbert", "metrics", "reshaping", "rotary", "sampling", "serving"}
     assert {name.removeprefix("bench_") for name in MODULES} >= expected
 
 
-@pytest.mark.parametrize("name", ["bench_rotary", "bench_attention", "bench_generation"])
+@pytest.mark.parametrize("name", ["bench_rotary", "bench_attention", "bench_generation", "bench_serving"])
 def test_runs_without_keras_hub(name: str, monkeypatch: pytest.MonkeyPatch, restore_optional, capsys) -> None:
     _hide(monkeypatch, "keras_hub")
     rows = importlib.import_module(f"benchmarks.{name}").run(quick=True)

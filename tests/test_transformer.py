@@ -469,7 +469,7 @@ def test_readme_section_examples_run():
         readme = handle.read()
     section = readme.split("## Attention and feed-forward", 1)[1].split("\n## ", 1)[0]
     blocks = [textwrap.dedent(block) for block in re.findall(r"```python\n(.*?)```", section, flags=re.S)]
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     namespace: dict = {}
     for block in blocks:
         exec(block, namespace)  # noqa: S102 - the README's own lines
@@ -479,6 +479,9 @@ def test_readme_section_examples_run():
     # the compiled loop wrote positions 12..15 after the eager calls, and nothing beyond
     cache = namespace["cache"].numpy()
     assert np.any(cache[:, :, 15]) and not np.any(cache[:, :, 16:])
+    # the serving loop wrote positions 0..19 of its variable cache in place, and nothing beyond
+    serving = namespace["serving_cache"].numpy()
+    assert np.all(np.any(serving[:, :, :20], axis=(0, 1, 3, 4))) and not np.any(serving[:, :, 20:])
 
 
 def test_generation_loop_with_the_cache_matches_recomputing_everything():

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mlable_core import attention, reshaping, rotary, shapes
+from mlable_core import attention, chunked, reshaping, rotary, shapes
 from mlable_keras import _compat
 
 _ROTARY_KEYS = ("max_wavelength", "scaling_factor", "interleaved")
@@ -149,6 +149,17 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
     ``attention_mask`` over the ``S`` slots. A Keras mask on ``query`` works
     everywhere (its rows see nothing).
 
+    Long sequences (``attention_chunk_size=C``): without a cache, the attention
+    runs on ``mlable_core.chunked.chunked_attention`` with blocks of ``C``
+    queries by ``C`` keys and an online softmax, never building the
+    ``(B, N, T, S)`` scores (in training too: the gradient recomputes the blocks),
+    skipping the blocks that the causal mask or the window hide. Keras masks
+    and ``attention_mask`` apply as usual (the causal and window masks are
+    never materialised). The outputs and gradients equal the plain path's to
+    float tolerance. It applies to 3D inputs attending over axis 1 without
+    ``return_attention_scores``, attention dropout in training, a subclass'
+    ``_compute_attention`` or flash attention; those calls take the plain path.
+
     Args:
         rotary: ``None`` (no RoPE), ``True`` (default settings) or a dict with
             ``max_wavelength`` (10000), ``scaling_factor`` (1.0) and
@@ -160,6 +171,9 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
             ``keras.layers.GroupQueryAttention`` (same weight layout); the cache
             holds ``K`` heads, ``(2, B, S, K, H)``, and keys / values are never
             repeated to ``N`` heads. Needs 3D inputs.
+        attention_chunk_size: ``None`` (default: plain attention) or a positive
+            int ``C``, the block size of the chunked attention used without a
+            cache (see above).
         **kwargs: the arguments of ``keras.layers.MultiHeadAttention``.
 
     Call arguments:
@@ -199,7 +213,8 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
     """
 
     def __init__(
-        self, num_heads: int, key_dim: int, *args: Any, rotary: Any = None, num_key_value_heads: int | None = None, **kwargs: Any
+        self, num_heads: int, key_dim: int, *args: Any, rotary: Any = None, num_key_value_heads: int | None = None,
+        attention_chunk_size: int | None = None, **kwargs: Any,
     ) -> None:
         # Keras' own checks and wording (Keras before 3.12 accepts non-positive sizes silently)
         value_dim = kwargs.get("value_dim", args[0] if args else None)
@@ -220,8 +235,16 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
                     "`num_key_value_heads` must divide `num_heads` (each key / value head serves num_heads / "
                     f"num_key_value_heads query heads). Received: num_heads={num_heads}, num_key_value_heads={num_key_value_heads}"
                 )
+        if attention_chunk_size is not None and (
+            isinstance(attention_chunk_size, bool) or not isinstance(attention_chunk_size, int) or attention_chunk_size <= 0
+        ):
+            raise ValueError(
+                "Received an invalid value for argument `attention_chunk_size`, expected a positive integer or `None`. "
+                f"Received: attention_chunk_size={attention_chunk_size!r}"
+            )
         super().__init__(num_heads, key_dim, *args, **kwargs)
         self.rotary = _normalize_rotary(rotary)
+        self.attention_chunk_size = attention_chunk_size
         self.num_key_value_heads = num_heads if num_key_value_heads is None else num_key_value_heads
         if self.num_key_value_heads != num_heads and _compat.mha_flash_attention(self):
             raise ValueError("Grouped-query heads (`num_key_value_heads` < `num_heads`) do not support Keras' flash attention")
@@ -232,6 +255,8 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
             config["rotary"] = dict(self.rotary)
         if self.num_key_value_heads != self._num_heads:
             config["num_key_value_heads"] = self.num_key_value_heads
+        if self.attention_chunk_size is not None:
+            config["attention_chunk_size"] = self.attention_chunk_size
         return config
 
     def build(self, query_shape: Any, value_shape: Any, key_shape: Any = None) -> None:
@@ -308,7 +333,8 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
             key = value
         if cache is None:
             self._check_causal(query, value, use_causal_mask)
-        if cache is None and self.rotary is None:
+        chunks = cache is None and self._chunks_apply(query, value, key, training, return_attention_scores)
+        if cache is None and self.rotary is None and not chunks:
             # Keras' own call: its projections, masks and output; the attention step is `_compute_attention`
             return super().call(
                 query, value, key=key, query_mask=query_mask, value_mask=value_mask, key_mask=key_mask,
@@ -317,13 +343,13 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
             )
         return self._call_projected(
             query, value, key, cache, step, training, attention_mask, return_attention_scores, use_causal_mask,
-            positions, read_only_cache, query_mask, value_mask, key_mask,
+            positions, read_only_cache, query_mask, value_mask, key_mask, chunks,
         )
 
     def _call_projected(
         self, query: Any, value: Any, key: Any, cache: Any, step: Any, training: Any, attention_mask: Any,
         return_attention_scores: bool, use_causal_mask: bool, positions: Any, read_only_cache: bool,
-        query_mask: Any, value_mask: Any, key_mask: Any,
+        query_mask: Any, value_mask: Any, key_mask: Any, chunks: bool = False,
     ) -> Any:
         """The call with a cache or RoPE: Keras' projections, then rotation and the cache, then the attention step."""
         if query_mask is None:
@@ -338,6 +364,8 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
             if query_mask is not None:
                 rows = tf.cast(query_mask, tf.bool)[:, :, None]  # (B, T, 1)
                 mask = rows if mask is None else tf.logical_and(tf.cast(_as_rank3_mask(mask), tf.bool), rows)
+        elif chunks:
+            mask = self._chunk_mask(attention_mask, value_mask, key_mask)
         else:
             mask = self._compute_attention_mask(
                 query, value, query_mask=query_mask, value_mask=value_mask, key_mask=key_mask,
@@ -355,7 +383,9 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
         if self.rotary is not None:
             projected_query, projected_key = self._rotate(projected_query, projected_key, cache, step, positions)
         scores = None
-        if cache is None:
+        if chunks:
+            mixed = self._chunked_step(projected_query, projected_key, projected_value, mask, query_mask, use_causal_mask)
+        elif cache is None:
             mixed, scores = self._compute_attention(
                 projected_query, projected_key, projected_value, mask, training, return_attention_scores
             )
@@ -493,6 +523,43 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
         )
         mixed, scores = result
         return mixed, (scores if return_attention_scores else None)
+
+    def _chunks_apply(self, query: Any, value: Any, key: Any, training: Any, return_attention_scores: bool) -> bool:
+        """Whether an uncached call runs on the chunked kernel (``attention_chunk_size`` set and the call supported)."""
+        return (
+            self.attention_chunk_size is not None
+            and not return_attention_scores
+            and not (self._dropout > 0.0 and training is not None and training is not False)
+            and type(self)._compute_attention is CachedMultiHeadAttention._compute_attention
+            and not _compat.mha_flash_attention(self)
+            and {_rank(query), _rank(value), _rank(key)} == {3}
+            and tuple(self._attention_axes or (1,)) in ((1,), (-2,))
+        )
+
+    def _chunk_mask(self, attention_mask: Any, value_mask: Any, key_mask: Any) -> Any:
+        """The user mask and the Keras key-side masks as one broadcastable ``(B, T, S)`` mask (``None``: none).
+
+        The causal and window masks stay structural (the kernel skips their
+        hidden blocks), and the query mask applies to the output rows.
+        """
+        mask = None if attention_mask is None else tf.cast(_as_rank3_mask(attention_mask), tf.bool)
+        for side in (value_mask, key_mask):
+            if side is not None:
+                columns = tf.cast(side, tf.bool)[:, None, :]  # (B, 1, S)
+                mask = columns if mask is None else tf.logical_and(mask, columns)
+        return mask
+
+    def _chunked_step(self, query: Any, key: Any, value: Any, mask: Any, query_mask: Any, use_causal_mask: bool) -> Any:
+        """Chunked attention of the projected ``(B, T, N, H)`` queries; a masked query row gives zeros."""
+        mixed = chunked.chunked_attention(
+            query, key, value, attention_mask=mask, use_causal_mask=bool(use_causal_mask),
+            sliding_window=_compat.mha_sliding_window(self), scale=self._score_scale(),
+            query_chunk_size=self.attention_chunk_size, key_chunk_size=self.attention_chunk_size,
+        )  # (B, T, N, Hv)
+        if query_mask is not None:
+            rows = tf.cast(query_mask, tf.bool)[:, :, None, None]  # (B, T, 1, 1)
+            mixed = tf.where(rows, mixed, tf.zeros((), mixed.dtype))
+        return mixed
 
     def _score_scale(self) -> float:
         return 1.0 / math.sqrt(float(self._key_dim))
