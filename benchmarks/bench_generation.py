@@ -40,6 +40,7 @@ from __future__ import annotations
 import os
 import statistics
 import sys
+import time
 from collections.abc import Callable
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -102,16 +103,23 @@ def _cache_bytes(model: ByteDecoder, batch: int, filled: int) -> int:
     return 2 * batch * filled * model.num_heads * model.head_dim * 4 * model.num_layers
 
 
-def _measure_many(functions: dict[str, Callable[[], object]], repeats: int, rounds: int) -> dict[str, timing.Timing]:
-    """Times several functions interleaved in rounds (one warm-up each), medians over every round."""
-    per_round = max(1, repeats // rounds)
+def _measure_many(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, timing.Timing]:
+    """Times several functions interleaved call by call (one warm-up each first): ``repeats`` samples each.
+
+    On a shared machine load comes in bursts of seconds; alternating single calls makes every function
+    meet the same bursts, so their ratios hold even when the absolute times move.
+    """
+    compile_s = {}
+    for name, function in functions.items():
+        start = time.perf_counter()
+        timing.block(function())
+        compile_s[name] = time.perf_counter() - start
     samples: dict[str, list[float]] = {name: [] for name in functions}
-    compile_s: dict[str, float] = {}
-    for index in range(rounds):
+    for _ in range(repeats):
         for name, function in functions.items():
-            result = timing.measure(function, per_round, warmup=1)
-            samples[name] += result.samples
-            compile_s.setdefault(name, result.compile_s)
+            start = time.perf_counter()
+            timing.block(function())
+            samples[name].append(time.perf_counter() - start)
     return {
         name: timing.Timing(statistics.median(values), min(values), len(values), compile_s[name], values)
         for name, values in samples.items()
@@ -172,7 +180,7 @@ def _breakdown(model: ByteDecoder, batch: int, prompt_tokens: int, new_tokens: i
     prompt = rng.integers(0, BYTES, size=(batch, prompt_tokens, size)).astype("int32")
     parts["generate"] = lambda: model.generate(prompt, new_tokens)[0]
     parts["prefill"] = lambda: model.generate(prompt, 1)[0]  # the prompt's pass and one token, the call's overheads
-    timings = _measure_many(parts, 5 * repeats, rounds=max(1, 5 * repeats // 2))
+    timings = _measure_many(parts, 5 * repeats)
     # the fastest of the interleaved repeats: the parts are short loops, and on a shared machine the
     # least disturbed run is the best estimate of each one's own cost (medians moved up to 2x between parts)
     per_token = {name: value.min_s / new_tokens for name, value in timings.items()}
@@ -188,7 +196,7 @@ def run(quick: bool = False) -> list[timing.Row]:
     tiny = timing.tiny()  # smoke tests (MLABLE_BENCH_TINY=1): a tiny model, a few tokens, one repeat
     prompt_tokens, new_tokens = (4, 4) if tiny else (PROMPT_TOKENS, NEW_TOKENS_QUICK if quick else NEW_TOKENS)
     batches = (1,) if tiny else BATCHES
-    repeats = 1 if tiny else (3 if quick else 6)
+    repeats = 1 if tiny else (4 if quick else 10)
     settings = _settings(tiny)
     rng = np.random.default_rng(0)
     model = ByteDecoder(**settings)
@@ -208,7 +216,8 @@ def run(quick: bool = False) -> list[timing.Row]:
         else:
             hub_prompt = rng.integers(0, BYTES, size=(batch, prompt_tokens), dtype=np.int32)  # (B, S)
             theirs_fn = _keras_hub_generate(hub, hub_prompt, length)
-            ours, theirs = timing.compare(ours_fn, theirs_fn, repeats=repeats, warmup=1, rounds=1 if tiny else 3)
+            pair = _measure_many({"ours": ours_fn, "theirs": theirs_fn}, repeats if batch < 32 else max(1, repeats // 2))
+            ours, theirs = pair["ours"], pair["theirs"]
         ours_rate = batch * new_tokens / ours.median_s
         theirs_rate = None if theirs is None else batch * new_tokens / theirs.median_s
         # the least a token reads: every weight once, the keys / values of every filled slot (the bucket's pads included)
