@@ -252,7 +252,7 @@ def run(quick: bool = False) -> list[timing.Row]:
         timing.row(
             "generation", "per-token breakdown (measured)", f"B={BREAKDOWN_BATCH}, as above", "float32", "xla loop",
             timing.Timing(total, total, 1, 0.0), bytes_moved=per_token_read,
-            note=f"{total * 1e6:.0f} us per token: {shares}",
+            note=f"{total * 1e6:.0f} us per token: {shares}; reads {per_token_read / 1e6:.1f} MB a token, copy bandwidth {timing.copy_bandwidth() / 1e9:.1f} GB/s",
             extra={"breakdown_us": {name: seconds * 1e6 for name, seconds in parts.items()}, "total_us": total * 1e6},
         )
     )
