@@ -297,3 +297,28 @@ def patch_inputs(draw: st.DrawFn, max_rows: int = 3, max_length: int = 20):
     max_patch_length = draw(st.one_of(st.none(), st.integers(1, 5)))
     threshold = draw(st.sampled_from([-0.5, 0.0, 0.75, 1.0, 2.5]))
     return data, entropies, mask, max_patch_length, threshold
+
+
+# generation: ragged batches and beams (issue 13) -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RaggedCase:
+    """A batch of prompts of different lengths, a generation length and a seed for the data."""
+
+    lengths: tuple[int, ...]
+    max_new_tokens: int
+    seed: int
+
+
+@st.composite
+def ragged_cases(
+    draw: st.DrawFn, max_batch: int = 3, max_length: int = 6, max_new_tokens: int = 8, min_batch: int = 1
+) -> RaggedCase:
+    """Per-row prompt lengths in ``[1, max_length]`` (often different), ``1 <= M <= max_new_tokens``."""
+    batch = draw(st.integers(min_batch, max_batch))
+    return RaggedCase(
+        lengths=tuple(draw(st.lists(st.integers(1, max_length), min_size=batch, max_size=batch))),
+        max_new_tokens=draw(st.integers(1, max_new_tokens)),
+        seed=draw(st.integers(0, 2**16)),
+    )

@@ -114,7 +114,7 @@ MODEL_ERRORS = [
     (lambda: ByteDecoder(num_layers=0), ValueError, r"`num_layers` must be an int >= 1\. Received: num_layers=0"),
     (lambda: ByteDecoder(dropout_rate=1.0), ValueError, r"`dropout_rate` must be in \[0, 1\)\. Received: dropout_rate=1\.0"),
     (lambda: ByteDecoder(token_size=8, embed_dim=4, num_heads=2).forward(tf.zeros((1, 2, 8), tf.int32), cache=()), ValueError, r"`step` is required with a `cache`"),
-    (lambda: ByteDecoder(token_size=8, embed_dim=4, num_heads=2).generate(tf.zeros((1, 2, 16), tf.int32), 3), ValueError, r"`prompt` must be byte tokens of shape \(B, P, token_size=8\)\. Received: prompt with shape \(1, 2, 16\)"),
+    (lambda: ByteDecoder(token_size=8, embed_dim=4, num_heads=2).generate(tf.zeros((1, 2, 16), tf.int32), 3), ValueError, r"`prompt` must be byte tokens of shape \(B, S, token_size=8\)\. Received: prompt with shape \(1, 2, 16\)"),
     (lambda: ByteDecoder(token_size=8, embed_dim=4, num_heads=2).generate_uncached(tf.zeros((1, 2, 8), tf.int32), 0), ValueError, r"`max_new_tokens` must be an int >= 1\. Received: max_new_tokens=0"),
 ]
 
