@@ -59,23 +59,6 @@ def argmax_sampler(logits: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:  # noqa: AR
     return sampling.greedy(logits)
 
 
-def _sample(logits: tf.Tensor, seed: tf.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> tf.Tensor:
-    """``sampling.sample`` with one ``(2,)`` seed for the batch, or one seed per row ``(B, 2)``.
-
-    The one place that turns per-row seeds into draws: with ``(B, 2)`` seeds the
-    draws of row ``b`` depend only on ``seed[b]`` and ``logits[b]``, so a row
-    draws the same values alone and in any batch.
-    """
-    seed = tf.convert_to_tensor(seed)
-    if seed.shape.rank != 2:
-        return sampling.sample(logits, seed, temperature=temperature, top_k=top_k, top_p=top_p)
-
-    def row(pair: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
-        return sampling.sample(pair[0], pair[1], temperature=temperature, top_k=top_k, top_p=top_p)
-
-    return tf.map_fn(row, (logits, seed), fn_output_signature=tf.int32)
-
-
 def make_sampler(temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None) -> Sampler:
     """A ``Sampler`` for ``generate``: greedy when ``temperature == 0``, else ``mlable_core.sampling.sample``.
 
@@ -104,7 +87,8 @@ def make_sampler(temperature: float = 0.0, top_k: int | None = None, top_p: floa
         return argmax_sampler
 
     def sampler(logits: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-        return _sample(logits, seed, temperature, top_k, top_p)
+        # a (B, 2) seed is a per-row prefix seed of `sampling.sample`: row b's draws depend on seed[b] alone
+        return sampling.sample(logits, seed, temperature=temperature, top_k=top_k, top_p=top_p)
 
     return sampler
 
