@@ -265,3 +265,20 @@ def test_bad_input_is_rejected_before_compiling(arguments, error, message):
     with pytest.raises(error, match=message):
         model.generate(**arguments)
     assert sum(tracing_counts(model)) == 0, "nothing may be traced or compiled for bad input"
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_a_mixed_policy_reaches_every_sublayer_and_keeps_the_float32_model_within_tolerance(policy):
+    half = ByteDecoder(token_size=TOKEN, embed_dim=4, num_layers=2, num_heads=2, hidden_dim=16, dtype=policy)
+    prompt = np.random.default_rng(3).integers(0, 256, size=(2, 5, TOKEN)).astype("int32")
+    half(prompt)
+    half.set_weights(MODEL.get_weights())  # same variables (float32 under both policies)
+    layers = [layer for layer in half._flatten_layers(include_self=False, recursive=False)]
+    assert layers and all(layer.dtype_policy.name == ("float32" if layer in (half.head, half.split) else policy) for layer in layers), [
+        (layer.name, layer.dtype_policy.name) for layer in layers
+    ]
+    logits = half(prompt)
+    assert logits.dtype == tf.float32
+    assert half.create_cache(2, 8)[0].dtype == half.compute_dtype  # the cache in the compute dtype
+    expected = MODEL(prompt).numpy()
+    np.testing.assert_allclose(logits.numpy(), expected, atol=0.05 * np.abs(expected).max())

@@ -86,7 +86,8 @@ class ByteDecoder(keras.Model):
         hidden_dim: the hidden size of the gated feed-forward (default ``2 * D``).
         dropout_rate: dropout in the attention and the feed-forward.
         max_wavelength: the RoPE base wavelength.
-        **kwargs: ``keras.Model`` arguments (``name``, ``dtype``, ...).
+        **kwargs: ``keras.Model`` arguments (``name``, ``dtype``, ...); a ``dtype`` policy such as
+            ``"mixed_bfloat16"`` applies to every sublayer but the head, whose logits stay float32.
 
     Call arguments:
         inputs: ``(B, S, G)`` integer bytes.
@@ -131,23 +132,26 @@ class ByteDecoder(keras.Model):
         self.dropout_rate = float(dropout_rate)
         self.max_wavelength = float(max_wavelength)
         self.width = width
-        self.embedding = TokunEmbedding(BYTES, self.embed_dim, name="embedding")
-        self.attention_norms = [keras.layers.RMSNormalization(name=f"attention_norm_{index}") for index in range(self.num_layers)]
+        # the model's policy (e.g. mixed_bfloat16) reaches every sublayer; the head keeps float32 logits, so that
+        # the loss, the metrics and the samplers see full-precision scores
+        dtype = self.dtype_policy
+        self.embedding = TokunEmbedding(BYTES, self.embed_dim, name="embedding", dtype=dtype)
+        self.attention_norms = [keras.layers.RMSNormalization(name=f"attention_norm_{index}", dtype=dtype) for index in range(self.num_layers)]
         self.attentions = [
             CachedMultiHeadAttention(
                 self.num_heads, self.head_dim, dropout=self.dropout_rate, rotary={"max_wavelength": self.max_wavelength},
-                name=f"attention_{index}",
+                name=f"attention_{index}", dtype=dtype,
             )
             for index in range(self.num_layers)
         ]
-        self.feedforward_norms = [keras.layers.RMSNormalization(name=f"feedforward_norm_{index}") for index in range(self.num_layers)]
+        self.feedforward_norms = [keras.layers.RMSNormalization(name=f"feedforward_norm_{index}", dtype=dtype) for index in range(self.num_layers)]
         self.feedforwards = [
-            FeedForwardGate(width, self.hidden_dim, dropout_rate=self.dropout_rate, name=f"feedforward_{index}")
+            FeedForwardGate(width, self.hidden_dim, dropout_rate=self.dropout_rate, name=f"feedforward_{index}", dtype=dtype)
             for index in range(self.num_layers)
         ]
-        self.final_norm = keras.layers.RMSNormalization(name="final_norm")
-        self.head = keras.layers.Dense(self.token_size * BYTES, name="head")
-        self.split = Divide(input_axis=3, output_axis=2, factor=self.token_size, insert=True, name="split")
+        self.final_norm = keras.layers.RMSNormalization(name="final_norm", dtype=dtype)
+        self.head = keras.layers.Dense(self.token_size * BYTES, name="head", dtype="float32")
+        self.split = Divide(input_axis=3, output_axis=2, factor=self.token_size, insert=True, name="split", dtype="float32")
 
     def build(self, input_shape: Sequence[int | None]) -> None:
         input_shape = tuple(input_shape)
