@@ -15,6 +15,8 @@ Nothing here imports Keras. Submodules are loaded on first access, so that
 - ``text``: UTF-32-BE byte codecs (encode, decode, trim, untrim).
 - ``hilbert``: Hilbert curve points and indices, fold and unfold.
 - ``sampling``: greedy, temperature, top-k, top-p and binary samplers.
+- ``patching``: dynamic patch boundaries (entropy, monotonic, space, stride), pooling between bytes and patches, masks.
+- ``hashing``: polynomial hashes of the byte n-grams ending at each position (hash n-gram embeddings).
 
 Every op works eagerly, inside ``tf.function`` and under ``jit_compile=True``,
 but for the string codecs ``text.encode`` and ``text.decode`` (XLA has no strings).

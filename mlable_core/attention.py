@@ -44,13 +44,29 @@ A write that does not fit raises (see ``mlable_core.cache``); under XLA,
 where assertions are dropped, the whole output of the overflowing call is NaN,
 so that the overflow shows instead of passing silently.
 
+Checks: shapes known while tracing are checked in Python (``ValueError`` /
+``TypeError`` naming the argument, the value and the shapes). Sizes known
+only at run time (a ``tf.function`` traced with ``None`` dimensions) are
+checked by graph assertions that the computation depends on, so a mismatched
+batch, length or head size of ``query`` / ``key`` / ``value`` or of
+``attention_mask`` raises a ``tf.errors.InvalidArgumentError`` naming the
+argument and giving the shapes, instead of a raw einsum or broadcast error.
+XLA drops assertions; it compiles every call with static shapes, so there a
+mismatch fails in XLA's own shape checks, which name the op but not the
+argument.
+
 ``ring_attention`` attends over a ring cache of ``W`` slots (a sliding window
 of ``W``): memory ``O(W)`` and static shapes for a generation of any length.
 
-Precision: the softmax runs in float32 for float16 / bfloat16 / float32
-inputs (scores are cast up, the weights cast back; float64 stays float64), so
-half-precision caches keep full-precision normalization and masking never
-overflows.
+Precision: for float16 / bfloat16 / float32 inputs the scores ``q . k`` are
+summed and kept in float32, and so is the softmax; the weights are cast back
+to the input dtype before they mix the values (float64 stays float64). A
+float16 product would overflow: 64 entries of 100 give 640000, past float16's
+65504, and a NaN row. Half-precision keys are cast to float32 whole only where
+that copy is no larger than the float32 scores the softmax holds anyway
+(``K * H <= N * T``, e.g. prefill and training), else one block of
+``SCORE_BLOCK`` slots at a time (decoding): a cache is never copied whole to
+float32.
 """
 
 from __future__ import annotations
@@ -65,7 +81,7 @@ import tensorflow as tf
 from mlable_core import cache as kv_cache
 from mlable_core import shapes
 from mlable_core.cache import append_cache, create_cache, in_xla_context, update_cache
-from mlable_core.reshaping import dynamic_dims
+from mlable_core.reshaping import dynamic_dims, reshape_target
 
 # smallest number of slots attended under XLA; below it, bucketing saves nothing
 MIN_BUCKET = 64
@@ -74,6 +90,9 @@ SPANS = ("auto", "filled", "buckets", "allocated")
 
 # added to masked scores before the float32 softmax; finite so that gradients stay finite
 _MASKED_SCORE = -1e9
+
+# half-precision keys are cast to float32 this many slots at a time to score them (see `_scores`)
+SCORE_BLOCK = 512
 
 
 @tf.autograph.experimental.do_not_convert
@@ -135,23 +154,32 @@ def build_attention_mask(
 
 
 def _check_mask_batch(mask: Any, query: tf.Tensor) -> None:
-    """A user mask's batch size must be 1 or the queries' (checked when both are known while tracing)."""
-    if mask is None:
-        return
+    """A user mask's batch size must be 1 or the batch of ``query`` (checked when both are known while tracing)."""
     shape = getattr(mask, "shape", None)
     rows = None if shape is None or len(shape) != 3 else shape[0]
     batch = query.shape[0]
     if rows is not None and batch is not None and rows not in (1, batch):
         raise ValueError(
             f"`attention_mask` must have shape (B, T, S) with B={batch} (the batch of `query`) or 1. "
-            f"Received: attention_mask with shape {shapes.format_shape(tuple(shape))}, query with shape {shapes.format_shape(query.shape.as_list())}"
+            f"Received: attention_mask with shape {shapes.format_shape(tuple(shape))}, query with shape {shapes.format_shape(query.shape)}"
         )
 
 
-def _user_mask(mask: tf.Tensor, query_length: int | tf.Tensor, key_length: int | tf.Tensor) -> tf.Tensor:
-    """The user mask as booleans, after checking its static shape against ``(B, T, S)``."""
+def _user_mask(
+    mask: Any, query_length: int | tf.Tensor, key_length: int | tf.Tensor, query: tf.Tensor | None = None
+) -> tf.Tensor:
+    """The user mask as booleans, after checking its shape against ``(B, T, S)`` (each may be 1).
+
+    Sizes known while tracing are checked in Python (``ValueError``). With
+    ``query`` (whose batch is ``B``), the sizes known only at run time are
+    checked too, by graph assertions with the same information, which the
+    returned mask depends on (XLA drops them: there all shapes are static
+    when compiled, and a mismatch fails in XLA's own shape checks).
+    """
     mask = tf.convert_to_tensor(mask)
     static = shapes.check_rank(mask.shape, 3, "attention_mask", "(B, T, S) with S the key slots")
+    if query is not None:
+        _check_mask_batch(mask, query)
     queries = query_length if isinstance(query_length, int) else None
     keys = key_length if isinstance(key_length, int) else None
     bad_queries = static[1] is not None and queries is not None and static[1] not in (1, queries)
@@ -161,6 +189,19 @@ def _user_mask(mask: tf.Tensor, query_length: int | tf.Tensor, key_length: int |
             f"`attention_mask` must have shape (B, T, S) with T={queries} query positions (or 1) and "
             f"S={keys} key slots (or 1). Received: attention_mask with shape {shapes.format_shape(static)}"
         )
+    sizes = [None, None, None] if query is None else [dynamic_dims(query)[0], query_length, key_length]
+    unknown = [axis for axis in range(3) if sizes[axis] is not None and (static[axis] is None or not isinstance(sizes[axis], int))]
+    if unknown:
+        runtime = tf.shape(mask)
+        fits = [tf.logical_or(tf.equal(runtime[axis], 1), tf.equal(runtime[axis], tf.cast(sizes[axis], tf.int32))) for axis in unknown]
+        message = (
+            "`attention_mask` must have shape (B, T, S), each 1 or the size of the call: B the batch of `query`, T "
+            "the query positions, S the key slots. Received at run time: attention_mask shape, then the sizes of "
+            f"{', '.join('BTS'[axis] for axis in unknown)} ="
+        )
+        checks = _run_time_checks([(tf.reduce_all(fits), [message, runtime] + [sizes[axis] for axis in unknown])])
+        with tf.control_dependencies(checks):
+            mask = tf.identity(mask)
     if mask.dtype == tf.bool:
         return mask
     if mask.dtype.is_floating:
@@ -195,155 +236,152 @@ def _attend(
     key: tf.Tensor,
     value: tf.Tensor,
     visible: tf.Tensor,
-    scale: float,
+    scale: float | tf.Tensor,
     dropout: Callable[[tf.Tensor], tf.Tensor] | None,
     return_scores: bool,
 ) -> tuple[tf.Tensor, tf.Tensor | None]:
-    """Masked softmax attention of ``(B, T, N, H)`` queries over ``(B, S, N, H)`` keys / values.
+    """Masked softmax attention of ``(B, T, N, H)`` queries over ``(B, S, K, H)`` keys / values.
 
-    With ``K < N`` key / value heads (grouped-query attention), query head ``n``
-    reads key / value head ``n // (N / K)``; the keys and values are never
-    repeated to ``N`` heads: the queries are viewed as ``(B, T, K, N / K, H)``.
+    The scores ``q . k`` are accumulated and kept in float32 (float64 for
+    float64 inputs), whatever the input dtype: see ``_scores``. The weights are
+    cast back to the input dtype before they mix the values. With ``K < N``
+    key / value heads (grouped-query attention), query head ``n`` reads key /
+    value head ``n // (N / K)``; the keys and values are never repeated to ``N``
+    heads.
     """
     dtype = query.dtype
-    query = query * tf.cast(scale, dtype)
-    heads, groups = query.shape[2], key.shape[2]
-    if heads is not None and groups is not None and groups != heads:
-        return _attend_grouped(query, key, value, visible, groups, dropout, return_scores)
-    if query.shape[1] == 1:
-        # one query position (decoding): multiply and reduce in the cache layout rather than
-        # transposing the keys and values to (B, N, S, H) for a batched matmul
-        scores = tf.reduce_sum(key * query, axis=-1)  # (B, S, N)
-        scores = tf.transpose(scores, (0, 2, 1))[:, :, None]  # (B, N, 1, S)
-    else:
-        scores = tf.einsum("btnh,bsnh->bnts", query, key)  # (B, N, T, S)
+    accumulator = tf.float64 if dtype == tf.float64 else tf.float32
+    # a Python float goes straight to the accumulator dtype (tf.cast would round it through float32 first)
+    scale = tf.constant(scale, accumulator) if isinstance(scale, float) else tf.cast(scale, accumulator)
+    query = tf.cast(query, accumulator) * scale  # (B, T, N, H), small: cast once
+    scores = _scores(query, key)  # (B, N, T, S) in the accumulator dtype
     weights = _masked_softmax(scores, visible[:, None], dtype)  # (B, N, T, S)
     mixed = weights if dropout is None else dropout(weights)
-    if query.shape[1] == 1:
-        mixed_slots = tf.transpose(mixed[:, :, 0], (0, 2, 1))[..., None]  # (B, S, N, 1)
-        output = tf.reduce_sum(mixed_slots * value, axis=1, keepdims=True)  # (B, 1, N, H)
-    else:
-        output = tf.einsum("bnts,bsnh->btnh", mixed, value)  # (B, T, N, H)
-    return output, (weights if return_scores else None)
+    return _mix(mixed, value), (weights if return_scores else None)
 
 
-def _attend_grouped(
-    query: tf.Tensor,
-    key: tf.Tensor,
-    value: tf.Tensor,
-    visible: tf.Tensor,
-    groups: int,
-    dropout: Callable[[tf.Tensor], tf.Tensor] | None,
-    return_scores: bool,
-) -> tuple[tf.Tensor, tf.Tensor | None]:
-    """``_attend`` for ``K = groups`` key / value heads shared by ``N / K`` query heads each (scaled queries)."""
-    batch, length, heads, head_dim = dynamic_dims(query)
-    share = query.shape[2] // groups
-    if query.shape[1] == 1 and query.shape[3] is not None and value.shape[3] is not None:
-        return _attend_grouped_one(query, key, value, visible, groups, dropout, return_scores)
-    grouped = tf.reshape(query, [batch, length, groups, share, head_dim])  # (B, T, K, N / K, H)
-    scores = tf.einsum("btkgh,bskh->bkgts", grouped, key)  # (B, K, N / K, T, S)
+def _scores(query: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
+    """Scores ``(B, N, T, S)`` of scaled queries (in the accumulator dtype) on keys of any float dtype.
+
+    Keys in the accumulator dtype are used as they are. Half-precision keys
+    (float16, bfloat16) are cast up so that the products are summed in float32
+    (a float16 dot product of 64 entries of 100 is 640000, past float16's
+    65504), without a float32 copy of all the keys (or of a cache) wherever it
+    would be larger than the scores themselves:
+
+    - when the float32 keys are no larger than the float32 scores, which the
+      softmax holds anyway (``K * H <= N * T``: prefill and training), or at
+      most ``SCORE_BLOCK`` slots, they are cast whole;
+    - otherwise (decoding, short chunks) they are cast one block of
+      ``SCORE_BLOCK`` slots at a time: the extra memory is one block,
+      ``B * SCORE_BLOCK * K * H`` floats. The blocks are unrolled when ``S`` is
+      static (always under XLA), and a ``tf.while_loop`` otherwise.
+    """
+    if key.dtype == query.dtype:
+        return _head_scores(query, key)
     slots = dynamic_dims(key)[1]
-    scores = tf.reshape(scores, [batch, heads, length, slots])  # (B, N, T, S), head n = k * N / K + g
-    weights = _masked_softmax(scores, visible[:, None], query.dtype)  # (B, N, T, S)
-    mixed = weights if dropout is None else dropout(weights)
-    mixed = tf.reshape(mixed, [batch, groups, share, length, slots])  # (B, K, N / K, T, S)
-    output = tf.einsum("bkgts,bskh->btkgh", mixed, value)  # (B, T, K, N / K, Hv)
-    value_dim = dynamic_dims(value)[3]
-    output = tf.reshape(output, [batch, length, heads, value_dim])  # (B, T, N, Hv)
-    return output, (weights if return_scores else None)
+    dims = (query.shape[1], query.shape[2], key.shape[2], key.shape[3])  # T, N, K, H
+    small_keys = None not in dims and dims[2] * dims[3] <= dims[0] * dims[1]
+    if small_keys or (isinstance(slots, int) and slots <= SCORE_BLOCK):
+        return _head_scores(query, tf.cast(key, query.dtype))
+    if isinstance(slots, int):
+        blocks = [key[:, start : start + SCORE_BLOCK] for start in range(0, slots, SCORE_BLOCK)]  # (B, <= block, K, H) each
+        return tf.concat([_head_scores(query, tf.cast(part, query.dtype)) for part in blocks], axis=-1)  # (B, N, T, S)
+    return _scores_in_loop(query, key, slots)
 
 
-def _attend_grouped_one(
-    query: tf.Tensor,
-    key: tf.Tensor,
-    value: tf.Tensor,
-    visible: tf.Tensor,
-    groups: int,
-    dropout: Callable[[tf.Tensor], tf.Tensor] | None,
-    return_scores: bool,
-) -> tuple[tf.Tensor, tf.Tensor | None]:
-    """Grouped attention of ONE query position, reading the keys / values in their cache layout.
+def _scores_in_loop(query: tf.Tensor, key: tf.Tensor, slots: tf.Tensor) -> tf.Tensor:
+    """``_scores`` by blocks of ``SCORE_BLOCK`` slots in a ``tf.while_loop``, for ``S`` known at run time only."""
+    size = tf.minimum(slots, SCORE_BLOCK)
+    count = (slots + SCORE_BLOCK - 1) // SCORE_BLOCK
 
-    Seen as ``(B, S, K * H)``, the keys multiply a block-diagonal ``(K * H, N)``
-    matrix of the queries (query head ``n`` in the block of its key head), so
-    one batched matmul scores every head without transposing or repeating the
-    keys; the values are read the same way and each head keeps its block.
+    def body(index: tf.Tensor, blocks: tf.TensorArray) -> tuple[tf.Tensor, tf.TensorArray]:
+        start = tf.minimum(index * SCORE_BLOCK, slots - size)  # the last block ends at S (it may overlap the one before)
+        part = tf.slice(key, tf.stack([0, start, 0, 0]), tf.stack([-1, size, -1, -1]))  # (B, size, K, H)
+        part.set_shape([key.shape[0], None, key.shape[2], key.shape[3]])
+        return index + 1, blocks.write(index, _head_scores(query, tf.cast(part, query.dtype)))  # (B, N, T, size)
+
+    blocks = tf.TensorArray(query.dtype, size=count, element_shape=tf.TensorShape([query.shape[0], query.shape[2], query.shape[1], None]))
+    _, blocks = tf.while_loop(lambda index, _: index < count, body, (tf.constant(0), blocks))
+    batch, queries, heads, _ = dynamic_dims(query)
+    stacked = tf.transpose(blocks.stack(), (1, 2, 3, 0, 4))  # (B, N, T, count, size)
+    joined = tf.reshape(stacked, reshape_target([batch, heads, queries, count * size]))  # (B, N, T, count * size)
+    # the last block overlaps the one before: keep its columns past the full blocks
+    full = (count - 1) * size
+    return tf.concat([joined[..., :full], joined[..., count * size - (slots - full) :]], axis=-1)  # (B, N, T, S)
+
+
+def _head_scores(query: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
+    """Scores ``(B, N, T, S)`` of ``(B, T, N, H)`` queries on ``(B, S, K, H)`` keys of the same dtype."""
+    batch, queries, heads, head_dim = dynamic_dims(query)
+    groups, slots = key.shape[2], dynamic_dims(key)[1]
+    known = isinstance(heads, int) and groups is not None
+    grouped = known and groups != heads
+    if query.shape[1] == 1 and known and isinstance(head_dim, int) and _block_diagonal(heads, groups):
+        # one query (decoding): the keys, seen as (B, S, K * H), multiply a block-diagonal (K * H, N) matrix of
+        # the queries (query head n in the block of its key head): one batched matmul scores every head without
+        # transposing, repeating or multiplying out the keys
+        blocks = query[:, 0, :, None, :] * _owners(heads, groups, query.dtype)[None, :, :, None]  # (B, N, K, H), zero outside the own block
+        blocks = tf.transpose(tf.reshape(blocks, [batch, heads, groups * head_dim]), (0, 2, 1))  # (B, K * H, N)
+        flat_keys = tf.reshape(key, [batch, slots, groups * head_dim])  # (B, S, K * H), a free reshape
+        return tf.transpose(tf.matmul(flat_keys, blocks), (0, 2, 1))[:, :, None]  # (B, N, 1, S)
+    if query.shape[1] == 1 and not grouped:
+        # one query under XLA, which fuses the product into the reduction: in the cache layout, no transpose
+        scores = tf.reduce_sum(key * query, axis=-1)  # (B, S, N)
+        return tf.transpose(scores, (0, 2, 1))[:, :, None]  # (B, N, 1, S)
+    if grouped:
+        share = heads // groups
+        grouped = tf.reshape(query, [batch, queries, groups, share, head_dim])  # (B, T, K, N / K, H)
+        scores = tf.einsum("btkgh,bskh->bkgts", grouped, key)  # (B, K, N / K, T, S)
+        return tf.reshape(scores, reshape_target([batch, heads, queries, slots]))  # (B, N, T, S), head n = k * N / K + g
+    return tf.einsum("btnh,bsnh->bnts", query, key)  # (B, N, T, S)
+
+
+def _mix(weights: tf.Tensor, value: tf.Tensor) -> tf.Tensor:
+    """The attention output ``(B, T, N, Hv)``: ``(B, N, T, S)`` weights over ``(B, S, K, Hv)`` values."""
+    batch, _, queries, slots = dynamic_dims(weights)
+    heads, groups, value_dim = weights.shape[1], value.shape[2], dynamic_dims(value)[3]
+    one = weights.shape[2] == 1
+    known = heads is not None and groups is not None
+    grouped = known and groups != heads
+    if one and known and isinstance(value_dim, int) and _block_diagonal(heads, groups):
+        # one query: every head weighs the values of every key head, and keeps its own block
+        flat_values = tf.reshape(value, [batch, slots, groups * value_dim])  # (B, S, K * Hv)
+        every = tf.reshape(tf.matmul(weights[:, :, 0], flat_values), [batch, heads, groups, value_dim])  # (B, N, K, Hv)
+        return tf.reduce_sum(every * _owners(heads, groups, weights.dtype)[None, :, :, None], axis=2)[:, None]  # (B, 1, N, Hv)
+    if one and not grouped:
+        mixed_slots = tf.transpose(weights[:, :, 0], (0, 2, 1))[..., None]  # (B, S, N, 1)
+        return tf.reduce_sum(mixed_slots * value, axis=1, keepdims=True)  # (B, 1, N, Hv)
+    if grouped:
+        share = heads // groups
+        grouped = tf.reshape(weights, reshape_target([batch, groups, share, queries, slots]))  # (B, K, N / K, T, S)
+        output = tf.einsum("bkgts,bskh->btkgh", grouped, value)  # (B, T, K, N / K, Hv)
+        return tf.reshape(output, reshape_target([batch, queries, heads, value_dim]))  # (B, T, N, Hv)
+    return tf.einsum("bnts,bsnh->btnh", weights, value)  # (B, T, N, Hv)
+
+
+def _block_diagonal(heads: int, groups: int) -> bool:
+    """Whether one query position is scored (and mixed) by block-diagonal matmuls rather than elementwise.
+
+    Always with grouped heads. With ``K = N`` only outside XLA: there the
+    matmul avoids the ``(B, S, N, H)`` product of the elementwise form (about
+    0.7x the time of a decode step at 4096 slots), whereas XLA fuses that
+    product into its reduction and runs the matmul form 3.5x slower on CPU.
     """
-    batch, _, heads, head_dim = dynamic_dims(query)
-    value_dim = value.shape[3]
-    share = query.shape[2] // groups
-    slots = dynamic_dims(key)[1]
-    dtype = query.dtype
-    owner = tf.one_hot(tf.range(heads) // share, groups, dtype=dtype)  # (N, K): the key head of each query head
-    blocks = query[:, 0, :, None, :] * owner[None, :, :, None]  # (B, N, K, H), zero outside the own block
-    blocks = tf.transpose(tf.reshape(blocks, [batch, heads, groups * head_dim]), (0, 2, 1))  # (B, K * H, N)
-    flat_keys = tf.reshape(key, [batch, slots, groups * head_dim])  # (B, S, K * H), a free reshape
-    scores = tf.transpose(tf.matmul(flat_keys, blocks), (0, 2, 1))[:, :, None]  # (B, N, 1, S)
-    weights = _masked_softmax(scores, visible[:, None], dtype)  # (B, N, 1, S)
-    mixed = weights if dropout is None else dropout(weights)
-    flat_values = tf.reshape(value, [batch, slots, groups * value_dim])  # (B, S, K * Hv)
-    every = tf.reshape(tf.matmul(mixed[:, :, 0], flat_values), [batch, heads, groups, value_dim])  # (B, N, K, Hv)
-    output = tf.reduce_sum(every * owner[None, :, :, None], axis=2)[:, None]  # (B, 1, N, Hv): each head's own block
-    return output, (weights if return_scores else None)
+    return groups != heads or not in_xla_context()
 
 
-def _reads_rows(query: tf.Tensor, cache: tf.Tensor, length: int | tf.Tensor) -> bool:
-    """Whether ``_attend_rows`` serves this read: one query over a filled length known at run time only, B = 1.
-
-    It unrolls one matmul pair per batch row, so it is kept for ``B = 1``
-    only: no graph grows with the batch (at B = 512 it had 11,896 ops and took
-    12 s to trace).
-    """
-    static = cache.shape.as_list()
-    return (
-        isinstance(length, tf.Tensor) and query.shape[1] == 1 and all(dim is not None for dim in static)
-        and query.shape[2] == static[3] and static[1] == 1
-    )
-
-
-def _attend_rows(
-    query: tf.Tensor,
-    cache: tf.Tensor,
-    length: tf.Tensor,
-    visible: tf.Tensor,
-    scale: float,
-    dropout: Callable[[tf.Tensor], tf.Tensor] | None,
-    return_scores: bool,
-) -> tuple[tf.Tensor, tf.Tensor | None]:
-    """``_attend`` for one query position over the first ``length`` slots of a cache, outside XLA.
-
-    Seen as rows ``(2 * B * S, N * H)``, the keys (or values) of one batch row
-    up to ``length`` are a contiguous block of rows, which TensorFlow slices
-    without copying; two matmuls per batch row then read them once. The query
-    of head ``n`` sits on the diagonal block ``n`` of a ``(N * H, N)`` matrix, so
-    one matmul scores every head (the other blocks are zeros), and the heads'
-    outputs are the diagonal blocks of ``weights @ values``. This avoids the
-    ``(B, length, N, H)`` temporaries of the plain path, whose allocation dominates
-    decoding at long filled lengths. Needs static ``B, S, N, H``.
-    """
-    _, batch, slots, heads, head_dim = cache.shape.as_list()
-    dtype = query.dtype
-    width = heads * head_dim
-    rows = tf.reshape(cache, (2 * batch * slots, width))  # (2 * B * S, N * H): row (kind * B + b) * S + s
-    size = tf.stack([length, width])
-    eye = tf.eye(heads, dtype=dtype)  # (N, N)
-    query = query[:, 0] * tf.cast(scale, dtype)  # (B, N, H)
-    blocks = tf.reshape(query[..., None] * eye[:, None, :], (batch, width, heads))  # (B, N * H, N)
-    scores = tf.stack([tf.matmul(tf.slice(rows, [b * slots, 0], size), blocks[b]) for b in range(batch)])  # (B, length, N)
-    scores = tf.transpose(scores, (0, 2, 1))[:, :, None]  # (B, N, 1, length)
-    weights = _masked_softmax(scores, visible[:, None], dtype)  # (B, N, 1, length)
-    mixed = weights if dropout is None else dropout(weights)
-    outputs = []
-    for b in range(batch):
-        values = tf.slice(rows, [(batch + b) * slots, 0], size)  # (length, N * H)
-        every = tf.reshape(tf.matmul(mixed[b, :, 0], values), (heads, heads, head_dim))  # (N, N, H): weights of head i on values of head j
-        outputs.append(tf.transpose(tf.linalg.diag_part(tf.transpose(every, (2, 0, 1)))))  # (N, H): i == j
-    output = tf.stack(outputs)[:, None]  # (B, 1, N, H)
-    return output, (weights if return_scores else None)
+def _owners(heads: int, groups: int, dtype: tf.DType) -> tf.Tensor:
+    """``(N, K)`` one-hot: the key / value head of each of the ``N`` query heads."""
+    return tf.one_hot(tf.range(heads) // (heads // groups), groups, dtype=dtype)
 
 
 def _check_qkv(query: tf.Tensor, key: tf.Tensor, value: tf.Tensor) -> None:
+    """Checks the static shapes and dtypes of ``(B, T, N, H)`` queries and ``(B, S, K, H)`` keys / values.
+
+    ``ValueError`` / ``TypeError`` for what is known while tracing; the sizes
+    known only at run time are for ``_with_run_time_checks``.
+    """
     query_shape = shapes.check_rank(query.shape, 4, "query", "(B, T, N, H)")
     key_shape = shapes.check_rank(key.shape, 4, "key", "(B, S, K, H)")
     value_shape = shapes.check_rank(value.shape, 4, "value", "(B, S, K, H)")
@@ -362,6 +400,38 @@ def _check_qkv(query: tf.Tensor, key: tf.Tensor, value: tf.Tensor) -> None:
             f"value head serves N / K query heads). Received: {text}"
         )
     shapes.check_same_dims({"query H": query_shape[3], "key H": key_shape[3]}, "query and key head sizes H", text)
+
+
+def _with_run_time_checks(query: tf.Tensor, key: tf.Tensor, value: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """``query``, ``key``, ``value`` depending on graph assertions for the sizes that must agree but are unknown while tracing."""
+    tensors = {"query": query, "key": key, "value": value}
+    rules = [  # what must agree, and the (argument, axis) of each size
+        ("batch sizes B", [("query", 0), ("key", 0), ("value", 0)]),
+        ("key / value lengths S", [("key", 1), ("value", 1)]),
+        ("query and key head sizes H", [("query", 3), ("key", 3)]),
+    ]
+    conditions = []
+    for what, dims in rules:
+        if all(tensors[name].shape[axis] is not None for name, axis in dims):
+            continue  # checked in Python
+        sizes = [tf.shape(tensors[name])[axis] for name, axis in dims]
+        same = tf.reduce_all(tf.stack([tf.equal(size, sizes[0]) for size in sizes[1:]]))
+        names = ", ".join(f"`{name}`" for name, _ in dims)
+        message = f"The {what} must agree. Received at run time: the shapes of {names} ="
+        conditions.append((same, [message] + [tf.shape(tensors[name]) for name, _ in dims]))
+    checks = _run_time_checks(conditions)
+    if not checks:
+        return query, key, value
+    with tf.control_dependencies(checks):
+        return tf.identity(query), tf.identity(key), tf.identity(value)
+
+
+def _run_time_checks(conditions: Sequence[tuple[tf.Tensor, list[Any]]]) -> list[tf.Operation]:
+    """Graph assertions ``(condition, message and data)``; none eagerly (every size is known, checked in
+    Python) nor under XLA (which drops assertions)."""
+    if tf.executing_eagerly() or in_xla_context():
+        return []
+    return [tf.debugging.Assert(condition, data, summarize=16) for condition, data in conditions]
 
 
 def _scale(query: tf.Tensor, scale: float | tf.Tensor | None) -> float | tf.Tensor:
@@ -426,11 +496,11 @@ def attention(
     """
     query, key, value = (tf.convert_to_tensor(t) for t in (query, key, value))
     _check_qkv(query, key, value)
-    _check_mask_batch(attention_mask, query)
+    query, key, value = _with_run_time_checks(query, key, value)
     query_length, key_length = dynamic_dims(query)[1], dynamic_dims(key)[1]
-    visible = build_attention_mask(
-        query_length, key_length, 0, None, use_causal_mask, sliding_window, attention_mask
-    )
+    visible = build_attention_mask(query_length, key_length, 0, None, use_causal_mask, sliding_window)  # (1, T, S)
+    if attention_mask is not None:
+        visible &= _user_mask(attention_mask, query_length, key_length, query)  # (B, T, S)
     output, scores = _attend(query, key, value, visible, _scale(query, scale), dropout, return_scores)
     return (output, scores) if return_scores else output
 
@@ -525,9 +595,9 @@ def cached_attention(
     if variable is not None and step is None:
         kv_cache.reject_variable(variable, "appending (step=None)")
     query, key, value = (tf.convert_to_tensor(t) for t in (query, key, value))
-    cache = variable if variable is not None else tf.convert_to_tensor(cache)
     _check_qkv(query, key, value)
-    _check_mask_batch(attention_mask, query)
+    query, key, value = _with_run_time_checks(query, key, value)
+    cache = variable if variable is not None else tf.convert_to_tensor(cache)
     _check_same_new_positions(query, key)
     new = dynamic_dims(query)[1]
     overflow = None
@@ -541,7 +611,7 @@ def cached_attention(
         if xla:  # XLA drops the overflow assertion: the flag turns the output into NaN instead
             overflow = kv_cache.write_overflows(step, new, dynamic_dims(cache)[2])
     read = functools.partial(
-        _attend_slots, query, cache, step, step + tf.cast(new, tf.int32), _slot_mask(attention_mask, new, cache),
+        _attend_slots, query, cache, step, step + tf.cast(new, tf.int32), _slot_mask(attention_mask, query, cache),
         use_causal_mask, sliding_window, _scale(query, scale), dropout, return_scores,
     )
     span = _resolve_span(span, xla, cache)
@@ -581,9 +651,9 @@ def _check_same_new_positions(query: tf.Tensor, key: tf.Tensor) -> None:
         )
 
 
-def _slot_mask(mask: Any, queries: int | tf.Tensor, cache: tf.Tensor) -> tf.Tensor | None:
+def _slot_mask(mask: Any, query: tf.Tensor, cache: tf.Tensor) -> tf.Tensor | None:
     """The user mask over the cache slots as booleans ``(B, T, S)``, checked against the full slot count."""
-    return None if mask is None else _user_mask(mask, queries, dynamic_dims(cache)[2])
+    return None if mask is None else _user_mask(mask, dynamic_dims(query)[1], dynamic_dims(cache)[2], query)
 
 
 def _attend_slots(
@@ -606,14 +676,11 @@ def _attend_slots(
     """
     slots = dynamic_dims(cache)[2]
     queries = dynamic_dims(query)[1]
+    visible = build_attention_mask(queries, length, step, filled, use_causal_mask, sliding_window)  # (1, T, length)
     if mask is not None:
-        mask = mask[:, :, :length]  # (B, T, L), or (B, T, 1) when it broadcasts over the slots
-    visible = build_attention_mask(queries, length, step, filled, use_causal_mask, sliding_window, mask)  # (B, T, L)
-    if _reads_rows(query, cache, length):
-        output, scores = _attend_rows(query, cache, length, visible, scale, dropout, return_scores)
-    else:
-        keys, values = cache[0, :, :length], cache[1, :, :length]  # (B, L, K, H)
-        output, scores = _attend(query, keys, values, visible, scale, dropout, return_scores)
+        visible &= mask[:, :, :length]  # (B, T, length); a mask (B, T, 1) broadcasts over the slots
+    keys, values = cache[0, :, :length], cache[1, :, :length]  # (B, length, K, H)
+    output, scores = _attend(query, keys, values, visible, scale, dropout, return_scores)
     if scores is not None and not (isinstance(length, int) and isinstance(slots, int) and length == slots):
         scores = tf.pad(scores, [[0, 0], [0, 0], [0, 0], [0, slots - length]])  # (B, N, T, S)
     return output, scores
@@ -690,14 +757,16 @@ def ring_attention(
     kv_cache.reject_variable(cache, "a ring cache")
     query, key, value, cache = (tf.convert_to_tensor(t) for t in (query, key, value, cache))
     _check_qkv(query, key, value)
-    _check_mask_batch(attention_mask, query)
+    query, key, value = _with_run_time_checks(query, key, value)
     kv_cache.check_update(cache, key, value)
     window = kv_cache.ring_window(cache)
     step_tensor, step_value = kv_cache.normalize_step(step)
     if step_value is not None and step_value < 0:
         raise ValueError(f"`step` must be >= 0. Received: step={step_value}")
     new = dynamic_dims(query)[1]
-    visible = _ring_mask(step_tensor, new, window, use_causal_mask, attention_mask)  # (B, T, W + T)
+    visible = _ring_mask(step_tensor, new, window, use_causal_mask)  # (1, T, W + T)
+    if attention_mask is not None:
+        visible &= _user_mask(attention_mask, new, window + new, query)  # (B, T, W + T)
     keys = tf.concat([cache[0], key], axis=1)  # (B, W + T, K, H)
     values = tf.concat([cache[1], value], axis=1)
     output, scores = _attend(query, keys, values, visible, _scale(query, scale), dropout, return_scores)
@@ -705,8 +774,8 @@ def ring_attention(
     return (output, scores, cache) if return_scores else (output, cache)
 
 
-def _ring_mask(step: tf.Tensor, new: int | tf.Tensor, window: int, use_causal_mask: bool, mask: Any) -> tf.Tensor:
-    """Which of the ``W`` ring slots and ``T`` new positions each new query sees: ``(1 or B, T, W + T)``."""
+def _ring_mask(step: tf.Tensor, new: int | tf.Tensor, window: int, use_causal_mask: bool) -> tf.Tensor:
+    """Which of the ``W`` ring slots and ``T`` new positions each new query sees: ``(1, T, W + T)``."""
     queries = step + tf.range(new, dtype=tf.int32)  # (T,) absolute positions of the new queries
     held = kv_cache.ring_positions(step, window)  # (W,)
     positions = tf.concat([held, queries], axis=0)  # (W + T,)
@@ -715,11 +784,7 @@ def _ring_mask(step: tf.Tensor, new: int | tf.Tensor, window: int, use_causal_ma
     visible = written[None, :] & (tf.abs(distance) < window)
     if use_causal_mask:
         visible &= distance >= 0
-    visible = visible[None]  # (1, T, W + T)
-    if mask is not None:
-        static_new = new if isinstance(new, int) else None
-        visible &= _user_mask(mask, static_new, None if static_new is None else window + static_new)
-    return visible
+    return visible[None]  # (1, T, W + T)
 
 
 __all__ = [

@@ -156,9 +156,20 @@ def check_update(cache: tf.Tensor, key: tf.Tensor, value: tf.Tensor) -> None:
 def normalize_step(step: int | tf.Tensor) -> tuple[tf.Tensor, int | None]:
     """``step`` as an int32 scalar tensor, plus its value when known in Python (eagerly or constant).
 
+    Args:
+        step: a Python int (numpy integers too) or an integer scalar tensor / ``tf.Variable``.
+
+    Returns:
+        ``(int32 scalar tensor, int or None)``: the value is ``None`` while
+        tracing a step known only at run time.
+
     Raises:
         TypeError: ``step`` is not an integer.
         ValueError: ``step`` is a tensor of rank > 0.
+
+    Example:
+        >>> normalize_step(3)
+        (<tf.Tensor: shape=(), dtype=int32, numpy=3>, 3)
     """
     if tf.is_tensor(step) or isinstance(step, tf.Variable):
         step = tf.convert_to_tensor(step)
@@ -184,12 +195,28 @@ def _overflow_message(cache_shape: Sequence[int | None], values: tuple[int, int,
 
 
 def write_overflows(step: tf.Tensor, new: int | tf.Tensor, slots: int | tf.Tensor) -> tf.Tensor:
-    """A boolean scalar, True when writing ``new`` positions at ``step`` does not fit ``slots`` slots."""
+    """Whether writing ``T`` new positions at ``step`` falls outside ``S`` slots (``step < 0`` or ``step + T > S``).
+
+    Under XLA, which drops assertions, this flag is how an overflow shows
+    (``cached_attention`` turns it into NaN outputs).
+
+    Args:
+        step: int32 scalar, the slot of the first new position.
+        new: ``T``, the number of new positions.
+        slots: ``S``, the slots of the cache.
+
+    Returns:
+        A boolean scalar tensor.
+
+    Example:
+        >>> bool(write_overflows(tf.constant(6), 3, 8))
+        True
+    """
     end = step + tf.cast(new, tf.int32)
     return tf.logical_or(step < 0, end > tf.cast(slots, tf.int32))
 
 
-def check_fits(cache: tf.Tensor, new: int | tf.Tensor, step: tf.Tensor, step_value: int | None) -> list[tf.Operation]:
+def _check_fits(cache: tf.Tensor, new: int | tf.Tensor, step: tf.Tensor, step_value: int | None) -> list[tf.Operation]:
     """Validates ``0 <= step`` and ``step + T <= S`` for a write of ``new`` positions into ``cache``.
 
     Raises a ``ValueError`` when every value is known in Python; otherwise
@@ -213,11 +240,11 @@ def _write_variable(cache: tf.Variable, key: tf.Tensor, value: tf.Tensor, step: 
     check_update(cache, key, value)
     step, step_value = normalize_step(step)
     new = dynamic_dims(key)[1]
-    checks = check_fits(cache, new, step, step_value)
+    checks = _check_fits(cache, new, step, step_value)
     if in_xla_context():
         # XLA needs the bounds of a strided-slice assign as compile-time constants (one compilation per step):
         # write through the scatter instead, which drops the slots out of range as on a tensor cache
-        cache.assign(scatter_slots(tf.convert_to_tensor(cache), key, value, step + tf.range(new)))
+        cache.assign(_scatter_slots(tf.convert_to_tensor(cache), key, value, step + tf.range(new)))
         return cache
     update = tf.stack([key, value])  # (2, B, T, K, H)
     begin = tf.stack([0, 0, step, 0, 0])
@@ -228,12 +255,12 @@ def _write_variable(cache: tf.Variable, key: tf.Tensor, value: tf.Tensor, step: 
     return cache
 
 
-def scatter_slots(cache: tf.Tensor, key: tf.Tensor, value: tf.Tensor, slots: tf.Tensor) -> tf.Tensor:
+def _scatter_slots(cache: tf.Tensor, key: tf.Tensor, value: tf.Tensor, slots: tf.Tensor) -> tf.Tensor:
     """Writes ``key`` / ``value`` ``(B, T, K, H)`` into the cache slots ``slots`` ``(T,)``, without validation.
 
     One ``tensor_scatter_nd_update``: the slots are replaced, never added to,
     and XLA performs it in place on a loop's cache buffer. Slots out of range
-    are not written (under XLA; elsewhere validate first with ``check_fits``).
+    are not written (under XLA; elsewhere validate first with ``_check_fits``).
     """
     batch, new = dynamic_dims(key)[:2]
     update = tf.stack([key, value])  # (2, B, T, K, H)
@@ -290,8 +317,8 @@ def update_cache(cache: tf.Tensor, key: tf.Tensor, value: tf.Tensor, step: int |
     check_update(cache, key, value)
     step, step_value = normalize_step(step)
     new = dynamic_dims(key)[1]
-    with tf.control_dependencies(check_fits(cache, new, step, step_value)):
-        return scatter_slots(cache, key, value, step + tf.range(new))
+    with tf.control_dependencies(_check_fits(cache, new, step, step_value)):
+        return _scatter_slots(cache, key, value, step + tf.range(new))
 
 
 @tf.autograph.experimental.do_not_convert
@@ -384,7 +411,7 @@ def update_ring_cache(cache: tf.Tensor, key: tf.Tensor, value: tf.Tensor, step: 
     kept = tf.minimum(new, window)
     first = new - kept
     slots = tf.math.floormod(step + first + tf.range(kept), window)  # (min(T, W),)
-    return scatter_slots(cache, key[:, first:], value[:, first:], slots)
+    return _scatter_slots(cache, key[:, first:], value[:, first:], slots)
 
 
 def reject_variable(cache: object, what: str) -> None:
@@ -397,7 +424,15 @@ def reject_variable(cache: object, what: str) -> None:
 
 
 def ring_window(cache: tf.Tensor) -> int:
-    """The window ``W`` of a ring cache ``(2, B, W, K, H)``: its slot count, which must be static."""
+    """The window ``W`` of a ring cache ``(2, B, W, K, H)``: its slot count, which must be static.
+
+    Raises:
+        ValueError: the slot count is unknown while tracing.
+
+    Example:
+        >>> ring_window(create_cache(1, 4, 2, 8))
+        4
+    """
     window = cache.shape[2]
     if window is None:
         raise ValueError(
@@ -409,7 +444,6 @@ def ring_window(cache: tf.Tensor) -> int:
 
 __all__ = [
     "append_cache",
-    "check_fits",
     "check_update",
     "create_cache",
     "in_xla_context",
@@ -417,7 +451,6 @@ __all__ = [
     "reject_variable",
     "ring_positions",
     "ring_window",
-    "scatter_slots",
     "update_cache",
     "update_ring_cache",
     "write_overflows",

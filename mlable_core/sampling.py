@@ -4,21 +4,47 @@ Every op works over the LAST axis (``V``, the vocabulary: e.g. 256 byte values)
 of a tensor of any leading shape (``...``), eagerly, in ``tf.function`` and
 under ``jit_compile=True`` (e.g. inside the ``tf.while_loop`` of a compiled
 generation loop); shapes stay static. Logits may contain ``-inf`` (forbidden
-indices), never NaN.
+indices), never NaN or ``+inf``.
 
-Randomness is stateless: ``seed`` is a shape ``(2,)`` int32 / int64 tensor and
-the same seed gives the same samples, call after call. A generation loop
-derives one seed per step, e.g. ``tf.random.experimental.stateless_fold_in(seed, step)``.
-Top-k keeps exactly ``k`` logits (on ties, the lower index first, as
-``tf.math.top_k``); top-p keeps the smallest prefix of the sorted logits whose
-probability reaches ``p``, and the logits tied with its last one;
-``candidates`` shows what is kept. Sampling is the Gumbel-max trick: ``argmax(logits + g)`` with
-``g = -log(-log(u))`` and ``u`` uniform from ``tf.random.stateless_uniform``
-(Philox), which draws exactly from ``softmax(logits)``; with top-k / top-p the
-noise is only drawn for the kept candidates. Note that TensorFlow's
-stateless generators give a different (equally distributed) stream under XLA
-than outside it, so a compiled call and an eager call with the same seed may
-pick different indices; each is reproducible on its own.
+What ``sample`` keeps: top-k keeps exactly ``k`` logits (on ties, the lower
+index first, as ``tf.math.top_k``); top-p keeps the smallest prefix of the
+sorted logits whose probability reaches ``p``, and the logits tied with its
+last one, i.e. every index whose logit is >= a threshold; ``candidates``
+shows the kept set. The order is the logits' own: the temperature changes
+the probabilities, not the order (mlable 0.21 ordered ``logits / temperature``
+in float32, where two logits one ulp apart can round to a tie). The index is
+drawn from the kept probabilities, renormalised, exactly (up to float
+rounding).
+
+How: one uniform per row drawn by inverse CDF, no noise per logit and no sort
+of the vocabulary. The rows are cut into blocks of about ``sqrt(V)`` logits;
+one pass computes ``softmax`` and the mass of every block, the uniform picks a
+block from the block masses, then an index inside the block (rows of at most
+``SMALL_VOCABULARY`` logits use one cumulative sum instead). Top-k on
+``V >= 64 k`` finds its ``k`` logits among the ``k`` blocks with the largest
+maxima (a block-max pass, then ``tf.math.top_k`` on a sixteenth of the
+vocabulary) and draws among them; on smaller vocabularies it draws from the
+whole softmax and keeps the first of ``TOP_K_DRAWS`` draws that lies in the
+top k, sorting only the rows that all of them miss. Top-p is rejection
+sampling: an index drawn from the whole softmax is kept when the probability
+of the logits strictly above it is below ``p`` (which is exactly the nucleus
+rule), else the row draws again; at least a fraction ``p`` of the draws are
+kept. After top-k, top-p works on the ``k`` sorted candidates.
+
+Randomness is stateless and counter-based: ``seed`` is an int32 / int64 tensor
+of shape ``(2,)`` (one seed for the call; row ``r`` of the flattened leading
+axes uses counter ``r``) or ``(*prefix, 2)`` where ``prefix`` is a leading
+prefix of ``logits.shape[:-1]`` (one seed per row of the prefix, e.g.
+``(B, 2)`` for logits ``(B, 4, 256)``; the rows below a seed use counters
+``0, 1, ...``). The uniforms come from the splitmix64 finalizer of
+``(seed, counter, draw)``, in int64 arithmetic, so the same seed gives the same
+samples eagerly, in a graph and under XLA, and a row's sample depends only on
+its seed, its counter and its own logits: a row sampled alone equals the same
+row inside a batch (with per-row seeds). Eager and compiled calls may round
+``softmax`` differently in the last bit, which changes a draw only when the
+uniform falls within that rounding of a boundary between two indices. A
+generation loop derives one seed per step, e.g.
+``tf.random.experimental.stateless_fold_in(seed, step)``.
 """
 
 from __future__ import annotations
@@ -31,12 +57,26 @@ import numpy as np
 import tensorflow as tf
 
 from mlable_core import shapes
-from mlable_core.reshaping import dynamic_dims
+from mlable_core.reshaping import dynamic_dims, reshape_target
 
 # int32 outputs hold at most 31 bits
 MAX_DEPTH = 31
-# top-p looks for the nucleus among this many largest logits first, and among all only when it is larger
-NUCLEUS_CANDIDATES = 1024
+# at most this many choices per row: temperature alone samples with one cumulative sum over the row
+SMALL_VOCABULARY = 2048
+# top-p and top-k: the rows still drawing after the first round are handled this many at a time
+RETRY_ROWS = 16
+# top-p: the most draws a retried row makes per round
+RETRY_DRAWS = 8
+# top-k on vocabularies below 64 k: draws checked against the top k before sorting the row
+TOP_K_DRAWS = 4
+# the block size of the block path when the vocabulary is only known at run time
+DYNAMIC_BLOCK = 256
+
+# splitmix64 constants, as signed int64 (not every device multiplies uint64)
+_GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15
+_MIX_FIRST = -4658895280553007687  # 0xBF58476D1CE4E5B9
+_MIX_SECOND = -7723592293110705685  # 0x94D049BB133111EB
+_SALT = 0x5851F42D4C957F2D  # separates the two seed words
 
 
 def _check_logits(logits: Any, name: str = "logits") -> tf.Tensor:
@@ -45,18 +85,58 @@ def _check_logits(logits: Any, name: str = "logits") -> tf.Tensor:
         raise ValueError(f"`{name}` must have rank >= 1 (the choices on the last axis). Received: shape={logits.shape}")
     if not logits.dtype.is_floating:
         raise TypeError(f"`{name}` must be a float tensor. Received: dtype={logits.dtype.name}, shape={logits.shape}")
+    if logits.shape[-1] == 0:
+        raise ValueError(f"`{name}` must have at least one choice on the last axis. Received: shape={shapes.format_shape(logits.shape)}")
     return logits
 
 
-def _check_seed(seed: Any) -> tf.Tensor:
+def _convert_seed(seed: Any, expected: str) -> tf.Tensor:
     if seed is None:
-        raise ValueError("`seed` must be a shape (2,) int32 / int64 tensor to sample. Received: seed=None")
-    seed = tf.convert_to_tensor(seed)
+        raise ValueError(f"`seed` must be {expected} int32 / int64 tensor to sample. Received: seed=None")
+    if isinstance(seed, tf.Tensor) or hasattr(seed, "dtype"):
+        seed = tf.convert_to_tensor(seed)
+    else:
+        seed = tf.convert_to_tensor(np.asarray(seed))
     if seed.dtype not in (tf.int32, tf.int64):
-        raise TypeError(f"`seed` must hold int32 or int64 values. Received: dtype={seed.dtype.name}, shape={seed.shape}")
-    if seed.shape.rank is not None and not seed.shape.is_compatible_with([2]):
-        raise ValueError(f"`seed` must have shape (2,). Received: shape={tuple(seed.shape.as_list())}")
+        raise TypeError(f"`seed` must hold int32 or int64 values. Received: dtype={seed.dtype.name}, shape={shapes.format_shape(seed.shape)}")
     return seed
+
+
+def _check_seed(seed: Any) -> tf.Tensor:
+    """A seed of shape ``(2,)`` (``gumbel``, ``binary``)."""
+    seed = _convert_seed(seed, "a shape (2,)")
+    if seed.shape.rank is not None and not seed.shape.is_compatible_with([2]):
+        raise ValueError(f"`seed` must have shape (2,). Received: shape={shapes.format_shape(seed.shape)}")
+    return seed
+
+
+def _check_row_seed(seed: Any, logits: tf.Tensor | tf.TensorShape) -> tuple[tf.Tensor, list[tf.Operation]]:
+    """A seed of shape ``(2,)`` or ``(*prefix, 2)``, ``prefix`` leading ``logits.shape[:-1]``.
+
+    Returns the seed and the run-time checks of the prefix dims unknown while
+    tracing (``logits`` may be a fully known shape, which needs none).
+    """
+    seed = _convert_seed(seed, "a shape (2,) or (*prefix, 2)")
+    shape = logits if isinstance(logits, tf.TensorShape) else logits.shape
+    leading = tuple(shape.as_list()[:-1])
+    expected = f"(2,) or (*prefix, 2) with `prefix` a leading prefix of the logits' leading shape {shapes.format_shape(leading)}"
+    if seed.shape.rank is None:
+        raise ValueError(f"`seed` must have a known rank: shape {expected}. Received: shape=<unknown rank>")
+    static = tuple(seed.shape.as_list())
+    prefix = static[:-1]
+    if seed.shape.rank == 0 or static[-1] not in (2, None) or len(prefix) > len(leading):
+        raise ValueError(f"`seed` must have shape {expected}. Received: seed shape={shapes.format_shape(static)}, logits shape={shapes.format_shape(shape)}")
+    checks = []
+    message = f"`seed` must have shape {expected}. Received: seed shape={shapes.format_shape(static)}, logits shape={shapes.format_shape(shape)}"
+    for axis, (dim, expected_dim) in enumerate(zip(prefix, leading)):
+        if dim is not None and expected_dim is not None:
+            if dim != expected_dim:
+                raise ValueError(message)
+        else:
+            checks.append(tf.debugging.assert_equal(tf.shape(seed)[axis], tf.shape(logits)[axis], message=message))
+    if static[-1] is None:
+        checks.append(tf.debugging.assert_equal(tf.shape(seed)[-1], 2, message=message))
+    return seed, checks
 
 
 def _check_number(value: Any, name: str) -> float:
@@ -105,9 +185,11 @@ def greedy(logits: Any) -> tf.Tensor:
     return tf.argmax(logits, axis=-1, output_type=tf.int32)
 
 
+
 def _scale(logits: tf.Tensor, temperature: float) -> tf.Tensor:
     scaled = tf.cast(logits, tf.float32)
     return scaled if temperature == 1.0 else scaled / temperature
+
 
 
 def _count(requested: int, vocabulary: int | tf.Tensor) -> int | tf.Tensor:
@@ -115,61 +197,30 @@ def _count(requested: int, vocabulary: int | tf.Tensor) -> int | tf.Tensor:
     return min(requested, vocabulary) if isinstance(vocabulary, int) else tf.minimum(requested, vocabulary)
 
 
-def _nucleus(values: tf.Tensor, log_total: tf.Tensor, top_p: float) -> tuple[tf.Tensor, tf.Tensor]:
-    """Sets to ``-inf`` the sorted ``values`` below the nucleus of probability ``top_p``.
+def _kept_weights(values: tf.Tensor, temperature: float, top_p: float | None) -> tuple[tf.Tensor, tf.Tensor]:
+    """The float64 weights of sorted candidates and the nucleus among them.
 
-    ``values`` are in decreasing order and ``log_total`` is the log of the
-    normalizer (over every logit still in play). The prefix grows while the
-    probability before its next position stays below ``p`` (so the first
-    position is always in); then every value at least as large as the last one
-    in it is kept (ties included).
+    Args:
+        values: ``(..., K)`` float32 logits in decreasing order (before the temperature).
+        temperature: a float > 0.
+        top_p: ``None`` or a float in ``(0, 1)``.
 
     Returns:
-        The masked values and the threshold (the last kept value), ``(..., 1)``.
+        ``(weights, kept)``: ``exp((value - max) / temperature)`` in float64, 0
+        outside the nucleus, and the boolean nucleus: the smallest prefix whose
+        probability reaches ``p``, with every value tied with its last one.
     """
-    probabilities = tf.exp(values - log_total)
-    before = tf.cumsum(probabilities, axis=-1, exclusive=True)
+    scores = tf.cast(values, tf.float64)
+    top = tf.reduce_max(scores, axis=-1, keepdims=True)
+    weights = tf.exp((scores - tf.where(top > -np.inf, top, 0.0)) / temperature)  # -inf logits weigh 0
+    if top_p is None:
+        return weights, tf.ones_like(values, tf.bool)
+    before = tf.cumsum(weights, axis=-1, exclusive=True)
+    total = tf.reduce_sum(weights, axis=-1, keepdims=True)
     # a reduction rather than a slice: XLA then still sees top_k as a TopK, not as a full sort
-    threshold = tf.reduce_min(tf.where(before < top_p, values, tf.constant(np.inf, tf.float32)), axis=-1, keepdims=True)
-    return tf.where(values >= threshold, values, tf.constant(-np.inf, tf.float32)), threshold
-
-
-def _order_keys(values: tf.Tensor) -> tf.Tensor:
-    """int32 keys in the order of the float32 ``values`` (``-0.0`` counted as ``+0.0``)."""
-    bits = tf.bitcast(values + 0.0, tf.int32)  # x + 0.0 turns -0.0 into +0.0
-    # negative floats: the larger the magnitude bits, the smaller the value
-    return tf.where(bits < 0, tf.bitwise.bitwise_xor(bits, tf.constant(0x7FFFFFFF, tf.int32)), bits)
-
-
-def _nucleus_keys(scaled: tf.Tensor, top_p: float) -> tuple[tf.Tensor, tf.Tensor]:
-    """Threshold of the nucleus found by bisection on the logits' order keys, without sorting.
-
-    Finds the largest key ``t`` such that the logits with a key ``>= t`` hold a
-    probability ``>= p``: 32 halvings of the int32 key range, each one masked
-    sum over the vocabulary. Same set as ``_nucleus`` on the sorted logits.
-
-    Returns:
-        The keys of ``scaled`` and the threshold key ``(..., 1)``.
-    """
-    keys = _order_keys(scaled)
-    weights = tf.exp(scaled - tf.reduce_max(scaled, axis=-1, keepdims=True))
-    target = top_p * tf.reduce_sum(weights, axis=-1, keepdims=True)
-    # the bounds in int64, where their difference cannot overflow
-    low = tf.cast(tf.reduce_min(keys, axis=-1, keepdims=True), tf.int64)  # every logit: probability 1 >= p
-    high = tf.cast(tf.reduce_max(keys, axis=-1, keepdims=True), tf.int64)
-    for _ in range(32):
-        middle = low + (high - low + 1) // 2
-        above = keys >= tf.cast(middle, tf.int32)
-        reached = tf.reduce_sum(tf.where(above, weights, 0.0), axis=-1, keepdims=True) >= target
-        low = tf.where(reached, middle, low)
-        high = tf.where(reached, high, middle - 1)
-    return keys, tf.cast(low, tf.int32)
-
-
-def _pick(values: tf.Tensor, indices: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Gumbel-max over the candidates ``values``, mapped back to vocabulary ``indices``."""
-    position = tf.argmax(values + gumbel(tf.shape(values), seed), axis=-1, output_type=tf.int32)
-    return tf.gather(indices, position[..., None], batch_dims=len(values.shape) - 1)[..., 0]
+    threshold = tf.reduce_min(tf.where(before < top_p * total, values, tf.constant(np.inf, values.dtype)), axis=-1, keepdims=True)
+    kept = values >= threshold
+    return tf.where(kept, weights, 0.0), kept
 
 
 def candidates(
@@ -179,11 +230,11 @@ def candidates(
 
     The steps run in this order, each on the result of the previous one:
 
-    1. ``logits / temperature``, in float32;
-    2. top-k: keep the ``k`` largest logits (``tf.math.top_k``: on ties the
-       lower index comes first); ``k >= V`` keeps all;
-    3. top-p (nucleus): with the probabilities ``softmax`` over what is left,
-       keep the smallest prefix of the sorted logits whose probability reaches
+    1. order the logits (float32), largest first; on ties the lower index
+       comes first (``tf.math.top_k``); the temperature changes no order;
+    2. top-k: keep the ``k`` first; ``k >= V`` keeps all;
+    3. top-p (nucleus): with the probabilities ``softmax(logits / temperature)``
+       over what is left, keep the smallest prefix whose probability reaches
        ``p`` and the logits equal to its last one; the others become ``-inf``.
        ``p = 1`` keeps all.
 
@@ -199,7 +250,8 @@ def candidates(
 
     Returns:
         ``(values, indices)``: float32 and int32 tensors of shape ``(..., K)``,
-        ``K = min(top_k, V)`` with top-k, else ``V``.
+        ``K = min(top_k, V)`` with top-k, else ``V``; ``values`` are
+        ``logits / temperature``, ``-inf`` where dropped.
 
     Raises:
         TypeError: ``logits`` is not a float tensor, or an argument has the wrong type.
@@ -207,55 +259,29 @@ def candidates(
 
     Example:
         >>> values, indices = candidates(tf.math.log([[0.2, 0.5, 0.3]]), top_p=0.6)
-        >>> indices.numpy().tolist(), values.numpy().round(2).tolist()
-        ([[1, 2, 0]], [[-0.69, -1.2, -inf]])
+        >>> indices.numpy().tolist(), [round(float(value), 2) for value in values[0]]
+        ([[1, 2, 0]], [-0.69, -1.2, -inf])
     """
     logits = _check_logits(logits)
     temperature = _check_temperature(temperature)
     if temperature == 0:
         raise ValueError("`temperature` must be > 0 for `candidates` (`sample` reads temperature=0 as greedy). Received: temperature=0.0")
     top_k, top_p = _check_top_k(top_k), _check_top_p(top_p)
-    scaled = _scale(logits, temperature)
-    vocabulary = dynamic_dims(scaled)[-1]
-    values, indices = tf.math.top_k(scaled, k=vocabulary if top_k is None else _count(top_k, vocabulary))  # (..., K)
-    if top_p is not None and top_p < 1.0:
-        log_total = tf.reduce_logsumexp(values if top_k else scaled, axis=-1, keepdims=True)
-        values, _ = _nucleus(values, log_total, top_p)
-    return values, indices
-
-
-def _sample_nucleus(scaled: tf.Tensor, seed: tf.Tensor, top_p: float) -> tf.Tensor:
-    """Top-p sampling without sorting the whole vocabulary.
-
-    The nucleus of a trained model usually fits in a few hundred tokens: the
-    ``NUCLEUS_CANDIDATES`` largest logits (``tf.math.top_k``) are enough when
-    their nucleus ends strictly above the smallest of them for every row.
-    Otherwise (``tf.cond``) the threshold comes from a bisection over the whole
-    vocabulary, which costs 32 masked sums but no sort (XLA on CPU sorts slowly).
-    """
-    vocabulary = dynamic_dims(scaled)[-1]
-    log_total = tf.reduce_logsumexp(scaled, axis=-1, keepdims=True)
-    values, indices = tf.math.top_k(scaled, k=_count(NUCLEUS_CANDIDATES, vocabulary))  # (..., K)
-    kept, threshold = _nucleus(values, log_total, top_p)
-    if isinstance(vocabulary, int) and vocabulary <= NUCLEUS_CANDIDATES:
-        return _pick(kept, indices, seed)
-
-    def everywhere() -> tf.Tensor:
-        keys, limit = _nucleus_keys(scaled, top_p)
-        masked = tf.where(keys >= limit, scaled, tf.constant(-np.inf, tf.float32))
-        return tf.argmax(masked + gumbel(tf.shape(masked), seed), axis=-1, output_type=tf.int32)
-
-    # the candidates suffice when the threshold is above their smallest value (its ties are all in),
-    # or when a row has no finite logit at all
-    inside = (threshold > tf.reduce_min(values, axis=-1, keepdims=True)) | tf.math.is_inf(log_total)
-    if isinstance(vocabulary, int):
-        return tf.cond(tf.reduce_all(inside), lambda: _pick(kept, indices, seed), everywhere)
-    everything = tf.greater_equal(NUCLEUS_CANDIDATES, vocabulary)
-    return tf.cond(everything | tf.reduce_all(inside), lambda: _pick(kept, indices, seed), everywhere)
+    values = tf.cast(logits, tf.float32)
+    vocabulary = dynamic_dims(values)[-1]
+    values, indices = tf.math.top_k(values, k=vocabulary if top_k is None else _count(top_k, vocabulary))  # (..., K)
+    _, kept = _kept_weights(values, temperature, top_p if top_p is not None and top_p < 1.0 else None)
+    return tf.where(kept, _scale(values, temperature), tf.constant(-np.inf, tf.float32)), indices
 
 
 def gumbel(shape: Any, seed: Any) -> tf.Tensor:
     """Standard Gumbel noise ``-log(-log(u))``, ``u`` uniform in ``(0, 1)``, from a stateless seed.
+
+    For the Gumbel-max trick (``argmax(logits + gumbel(...))`` draws from
+    ``softmax(logits)``) or Gumbel-top-k. ``sample`` no longer uses it: it
+    needs one random number per logit, where the inverse CDF needs one per row.
+    The noise comes from ``tf.random.stateless_uniform`` (Philox), whose stream
+    differs under XLA.
 
     Args:
         shape: the output shape (a list of ints or a 1-D int tensor).
@@ -270,6 +296,355 @@ def gumbel(shape: Any, seed: Any) -> tf.Tensor:
     return -tf.math.log(-tf.math.log(uniform))
 
 
+def _shift_right(value: tf.Tensor, bits: int) -> tf.Tensor:
+    """Logical right shift of int64 bits (``tf.bitwise.right_shift`` is arithmetic on signed types)."""
+    shifted = tf.bitwise.right_shift(value, tf.constant(bits, tf.int64))
+    return tf.bitwise.bitwise_and(shifted, tf.constant((1 << (64 - bits)) - 1, tf.int64))
+
+
+def _mix(value: tf.Tensor) -> tf.Tensor:
+    """The splitmix64 finalizer on int64 bits (products wrap modulo 2**64)."""
+    value = tf.bitwise.bitwise_xor(value, _shift_right(value, 30)) * tf.constant(_MIX_FIRST, tf.int64)
+    value = tf.bitwise.bitwise_xor(value, _shift_right(value, 27)) * tf.constant(_MIX_SECOND, tf.int64)
+    return tf.bitwise.bitwise_xor(value, _shift_right(value, 31))
+
+
+def _row_keys(seed: tf.Tensor, leading: list[int | tf.Tensor]) -> tf.Tensor:
+    """One int64 key per row of the flattened leading axes, from the seed(s) and the row's counter.
+
+    Args:
+        seed: ``(*prefix, 2)`` int32 / int64, ``prefix`` leading ``leading``.
+        leading: the leading dims of the logits (ints or scalar tensors).
+
+    Returns:
+        ``(R,)`` int64, ``R`` the product of ``leading``: ``mix(key + (counter + 1) * golden)``
+        with ``key = mix((seed[0] ^ salt) * golden + seed[1])``.
+    """
+    words = tf.reshape(tf.cast(seed, tf.int64), [-1, 2])  # (P, 2)
+    golden = tf.constant(_GOLDEN, tf.int64)
+    keys = _mix(tf.bitwise.bitwise_xor(words[:, 0], tf.constant(_SALT, tf.int64)) * golden + words[:, 1])  # (P,)
+    below = leading[seed.shape.rank - 1 :]
+    count = math.prod(below) if all(isinstance(dim, int) for dim in below) else tf.reduce_prod(tf.stack([tf.cast(dim, tf.int64) for dim in below]))
+    counters = tf.range(1, tf.cast(count, tf.int64) + 1, dtype=tf.int64)  # (Q,), from 1
+    return tf.reshape(_mix(keys[:, None] + counters[None, :] * golden), [-1])  # (P * Q,)
+
+
+def _uniform(keys: tf.Tensor, draw: int | tf.Tensor) -> tf.Tensor:
+    """Float64 uniforms in ``[0, 1 - 2**-52]`` (52 random bits), one per (row key, draw number) pair (broadcast).
+
+    Draw 0 reads the row key itself (already a hash); draw ``d > 0`` hashes ``key + d * golden``.
+    The largest value, ``1 - 2**-52``, times a positive float64 is strictly below it.
+    """
+    if isinstance(draw, int) and draw == 0:
+        bits = keys
+    else:
+        draw = tf.cast(draw, tf.int64)
+        bits = tf.where(draw == 0, keys, _mix(keys + draw * tf.constant(_GOLDEN, tf.int64)))
+    return tf.cast(_shift_right(bits, 12), tf.float64) * (2.0**-52)
+
+
+def uniform(seed: Any, shape: Any, draw: int = 0) -> tf.Tensor:
+    """The uniforms ``sample`` draws with: float64 in ``[0, 1)``, one per row of ``shape``.
+
+    ``uniform(seed, logits.shape[:-1])`` holds the uniform of every row's first
+    draw; ``draw=d`` gives the ``d``-th one (top-p draws again when it rejects).
+    They come from a counter-based hash (the splitmix64 finalizer) of the seed,
+    the row's counter and ``draw``, in int64 arithmetic: identical eagerly, in
+    graphs and under XLA, and on any device. Row ``r`` of the rows below a seed
+    (C order) has counter ``r``.
+
+    Args:
+        seed: int32 / int64, ``(2,)`` or ``(*prefix, 2)`` with ``prefix`` leading ``shape``.
+        shape: the leading shape (a list of ints).
+        draw: the draw number, an int >= 0.
+
+    Returns:
+        A float64 tensor of shape ``shape``, multiples of ``2**-52``.
+
+    Example:
+        >>> u = uniform(tf.constant([1, 2]), [2, 3])
+        >>> u.shape, bool(tf.reduce_all((u >= 0) & (u < 1)))
+        (TensorShape([2, 3]), True)
+    """
+    shape = [shapes.check_int(dim, "shape", minimum=0) for dim in shape]
+    draw = shapes.check_int(draw, "draw", minimum=0)
+    seed, checks = _check_row_seed(seed, tf.TensorShape(shape + [1]))
+    with tf.control_dependencies(checks):
+        return tf.reshape(_uniform(_row_keys(seed, shape), draw), shape)
+
+
+# fractions stay below 1, so that a target is always below its cumulative total
+_LAST_FRACTION = 1.0 - 2.0**-52
+
+
+def _inverse_cdf(masses: tf.Tensor, fractions: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The entry whose cumulative interval holds ``fraction * total``, and where in it.
+
+    Args:
+        masses: ``(..., n)`` float64 masses >= 0 (NaN only in a row without any valid choice).
+        fractions: ``(..., D)`` float64 in ``[0, 1 - 2**-52]``.
+
+    Returns:
+        ``(index, inside)``, both ``(..., D)``: the first index whose cumulative
+        mass exceeds the target (so never an index of mass 0 when the row has
+        mass), and the target's fraction of the way through that entry's mass,
+        itself a valid fraction for the next stage.
+    """
+    cumulative = tf.cumsum(masses, axis=-1)
+    targets = fractions * cumulative[..., -1:]  # (..., D), below the total
+    count = dynamic_dims(masses)[-1]
+    index = tf.minimum(tf.reduce_sum(tf.cast(cumulative[..., None, :] <= targets[..., None], tf.int32), axis=-1), count - 1)  # all-zero rows
+    batch = len(masses.shape) - 1
+    before = tf.gather(cumulative - masses, index, batch_dims=batch)
+    inside = (targets - before) / tf.gather(masses, index, batch_dims=batch)
+    return index, tf.minimum(tf.maximum(inside, 0.0), _LAST_FRACTION)
+
+
+def _layout(size: int | tf.Tensor, target: int) -> tuple[int, int | tf.Tensor, int | tf.Tensor]:
+    """Blocks for a row of ``size`` entries: ``(block, count, padding)`` with ``block * count = size + padding``.
+
+    A divisor of ``size`` in ``[target / 2, target]`` when there is one (no
+    padding), else blocks of ``target`` and a padded last block.
+    """
+    if isinstance(size, int):
+        for block in range(min(target, size), max(target // 2, 1) - 1, -1):
+            if size % block == 0:
+                return block, size // block, 0
+        padding = -size % target
+        return target, (size + padding) // target, padding
+    padding = tf.math.floormod(-size, target)
+    return target, (size + padding) // target, padding
+
+
+def _pad(values: tf.Tensor, padding: int | tf.Tensor) -> tf.Tensor:
+    """``(R, V) -> (R, V + padding)`` with ``-inf`` logits (probability 0) at the end."""
+    if isinstance(padding, int) and padding == 0:
+        return values
+    return tf.pad(values, [[0, 0], [0, padding]], constant_values=-np.inf)
+
+
+def _sample_candidates(values: tf.Tensor, indices: tf.Tensor | None, keys: tf.Tensor, temperature: float, top_p: float | None, draw: int = 0) -> tf.Tensor:
+    """Draws from a few candidates per row, in float64.
+
+    Args:
+        values: ``(R, K)`` float32 logits (before the temperature), sorted in decreasing order when ``top_p`` is set.
+        indices: ``(R, K)`` int32 vocabulary index of each candidate, or ``None`` (the position).
+        keys: ``(R,)`` row keys.
+        temperature: a float > 0.
+        top_p: ``None`` or a float in ``(0, 1)``: the nucleus among the candidates.
+        draw: the number of the row's uniform to use.
+
+    Returns:
+        ``(R,)`` int32 indices.
+    """
+    weights, _ = _kept_weights(values, temperature, top_p)
+    position, _ = _inverse_cdf(weights, _uniform(keys, draw)[:, None])  # (R, 1)
+    if indices is None:
+        return position[:, 0]
+    return tf.gather(indices, position, batch_dims=1)[:, 0]
+
+
+def _largest(logits: tf.Tensor, top_k: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """``tf.math.top_k(logits, min(top_k, V))`` on ``(R, V)``, faster on large vocabularies.
+
+    Every logit of the top k lies in one of the ``k`` blocks with the largest
+    maxima (ties between blocks to the lower block, as between logits): there
+    are fewer than ``k`` logits above the k-th largest, hence fewer than ``k``
+    blocks holding one, and the tied logits kept (the lower indices) lie in
+    the lowest of the blocks whose maximum equals it. So ``top_k`` runs on
+    those blocks, gathered in index order, instead of on the whole row.
+    """
+    vocabulary = dynamic_dims(logits)[-1]
+    count = min(top_k, vocabulary) if isinstance(vocabulary, int) else tf.minimum(top_k, vocabulary)
+    if not isinstance(vocabulary, int) or vocabulary < 64 * top_k:
+        return tf.math.top_k(logits, k=count)
+    block, blocks, padding = _layout(vocabulary, vocabulary // (16 * top_k))
+    rows = dynamic_dims(logits)[0]
+    grouped = tf.reshape(_pad(logits, padding), reshape_target([rows, blocks, block]))  # (R, V / block, block)
+    _, chosen = tf.math.top_k(tf.reduce_max(grouped, axis=-1), k=top_k)  # (R, k)
+    chosen = tf.sort(chosen, axis=-1)  # index order, so that top_k breaks ties toward lower indices
+    gathered = tf.reshape(tf.gather(grouped, chosen, batch_dims=1), reshape_target([rows, top_k * block]))  # (R, k * block)
+    values, positions = tf.math.top_k(gathered, k=top_k)  # (R, k)
+    starts = tf.gather(chosen, positions // block, batch_dims=1)
+    return values, starts * block + positions % block
+
+
+def _draws(top_p: float) -> int:
+    """Draws per retried row and round: enough that a round fails with odds below 1 in 100."""
+    if top_p >= 1.0 - 1e-6:
+        return 1
+    return max(1, min(RETRY_DRAWS, math.ceil(math.log(0.01) / math.log1p(-top_p))))
+
+
+class _Blocks:
+    """A softmax over ``(R, V)`` cut into blocks: the logits, the weights, each block's mass, each row's total.
+
+    ``logits`` are the float32 logits before the temperature: they order the
+    choices as the scaled ones do, and keeping them rather than the scaled
+    ones lets ``softmax`` write over its input in graph mode.
+    """
+
+    def __init__(self, logits: tf.Tensor, weights: tf.Tensor, masses: tf.Tensor, totals: tf.Tensor, block: int, temperature: float):
+        self.logits = logits  # (R, V'), float32, padded with -inf
+        self.weights = weights  # (R, V' / block, block), float32: softmax(logits / temperature)
+        self.masses = masses  # (R, V' / block), float64
+        self.totals = totals  # (R,), float64; NaN for a row without a finite logit
+        self.block = block
+        self.temperature = temperature
+
+    @classmethod
+    def of(cls, logits: tf.Tensor, temperature: float) -> _Blocks:
+        """One softmax pass and one block-sum pass over float32 ``logits`` ``(R, V)``."""
+        rows, vocabulary = dynamic_dims(logits)
+        target = DYNAMIC_BLOCK if not isinstance(vocabulary, int) else 1 << max(2, math.ceil(math.log2(math.sqrt(vocabulary))))
+        block, count, padding = _layout(vocabulary, target)
+        logits = _pad(logits, padding)  # (R, V')
+        weights = tf.reshape(tf.nn.softmax(_scale(logits, temperature), axis=-1), reshape_target([rows, count, block]))  # (R, V' / block, block)
+        masses = tf.cast(tf.reduce_sum(weights, axis=-1), tf.float64)  # (R, V' / block)
+        return cls(logits, weights, masses, tf.reduce_sum(masses, axis=-1), block, temperature)
+
+    def rows(self, picked: tf.Tensor) -> _Blocks:
+        """The same for the rows ``picked`` ``(N,)`` only, gathered once."""
+        gathered = (tf.gather(value, picked) for value in (self.logits, self.weights, self.masses, self.totals))
+        return _Blocks(*gathered, self.block, self.temperature)
+
+    def draw(self, keys: tf.Tensor, draws: int | tf.Tensor) -> tf.Tensor:
+        """Indices ``(R, D)`` drawn from the softmax, for draw numbers ``(R or 1, D)`` (the int 0: ``D = 1``)."""
+        block, inside = _inverse_cdf(self.masses, _uniform(keys[:, None], draws))  # (R, D): a block, where in it
+        weights = tf.cast(tf.gather(self.weights, block, batch_dims=1), tf.float64)  # (R, D, block)
+        position, _ = _inverse_cdf(weights, inside[..., None])  # (R, D, 1)
+        return block * self.block + position[..., 0]
+
+    def in_nucleus(self, indices: tf.Tensor, top_p: float) -> tf.Tensor:
+        """Whether each drawn index ``(R, D)`` is in the nucleus: the probability strictly above its logit is below ``p``."""
+        weights = tf.reshape(self.weights, reshape_target(dynamic_dims(self.logits)))  # (R, V')
+        drawn = tf.gather(self.logits, indices, batch_dims=1)  # (R, D)
+        above = tf.reduce_sum(tf.where(self.logits[:, None, :] > drawn[..., None], weights[:, None, :], 0.0), axis=-1)  # (R, D)
+        # a row without a valid choice (NaN total) keeps its first draw
+        return (tf.cast(above, tf.float64) < top_p * self.totals[:, None]) | ~(self.totals > 0.0)[:, None]
+
+
+def _first(accepted: tf.Tensor, indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The first accepted index of each row of ``(N, D)``, and whether there is one."""
+    position = tf.argmax(tf.cast(accepted, tf.int32), axis=-1, output_type=tf.int32)
+    return tf.gather(indices, position[:, None], batch_dims=1)[:, 0], tf.reduce_any(accepted, axis=-1)
+
+
+def _in_top_k(blocks: _Blocks, indices: tf.Tensor, top_k: int) -> tf.Tensor:
+    """Whether each drawn index ``(R, D)`` is among the ``k`` largest logits (ties: the lower indices)."""
+    drawn = tf.gather(blocks.logits, indices, batch_dims=1)[..., None]  # (R, D, 1)
+    logits = blocks.logits[:, None, :]  # (R, 1, V')
+    positions = tf.range(dynamic_dims(blocks.logits)[-1], dtype=indices.dtype)
+    before = (logits > drawn) | ((logits == drawn) & (positions < indices[..., None]))  # (R, D, V')
+    return tf.reduce_sum(tf.cast(before, tf.int32), axis=-1) < top_k
+
+
+def _sample_top_k(blocks: _Blocks, keys: tf.Tensor, top_k: int) -> tf.Tensor:
+    """Top-k without sorting every row: ``TOP_K_DRAWS`` draws from the whole softmax, the first in the top k wins.
+
+    A row whose draws all fall outside (its top k hold little probability) then
+    draws exactly, with ``tf.math.top_k`` on its row, ``RETRY_ROWS`` such rows
+    at a time. Either way the draw follows the top k's renormalised softmax,
+    and depends on the row's seed and logits only.
+    """
+    rows = dynamic_dims(blocks.logits)[0]
+    first = blocks.draw(keys, tf.range(TOP_K_DRAWS, dtype=tf.int32)[None, :])  # (R, D)
+    chosen, found = _first(_in_top_k(blocks, first, top_k), first)
+    chosen = tf.where(found, chosen, -1)
+    count = min(RETRY_ROWS, rows) if isinstance(rows, int) else tf.minimum(RETRY_ROWS, rows)
+
+    def exact(chosen: tf.Tensor) -> tuple[tf.Tensor]:
+        missing = chosen < 0
+        _, picked = tf.math.top_k(tf.cast(missing, tf.int32), k=count)  # rows still drawing, lower rows first
+        values, indices = tf.math.top_k(tf.gather(blocks.logits, picked), k=top_k)  # (N, k)
+        drawn = _sample_candidates(values, indices, tf.gather(keys, picked), blocks.temperature, None, draw=TOP_K_DRAWS)
+        return (tf.tensor_scatter_nd_update(chosen, picked[:, None], tf.where(tf.gather(missing, picked), drawn, tf.gather(chosen, picked))),)
+
+    return tf.while_loop(lambda chosen: tf.reduce_any(chosen < 0), exact, (chosen,))[0]
+
+
+def _order_keys(values: tf.Tensor) -> tf.Tensor:
+    """int32 keys in the order of the float32 ``values`` (``-0.0`` counted as ``+0.0``, ``-inf`` lowest)."""
+    bits = tf.bitcast(values + 0.0, tf.int32)  # x + 0.0 turns -0.0 into +0.0
+    # negative floats: the larger the magnitude bits, the smaller the value
+    return tf.where(bits < 0, tf.bitwise.bitwise_xor(bits, tf.constant(0x7FFFFFFF, tf.int32)), bits)
+
+
+def _exact_nucleus(blocks: _Blocks, keys: tf.Tensor, draws: tf.Tensor, top_p: float) -> tf.Tensor:
+    """Draws from the nucleus of each row found exactly: the rows whose draws kept missing it.
+
+    The nucleus is every logit whose key is >= ``T``, the smallest int32 key
+    with a probability strictly above it below ``p``: found by bisection, 32
+    masked sums over the row, no sort.
+
+    Args:
+        blocks: the rows (a few, gathered).
+        keys: ``(N,)`` row keys.
+        draws: ``(N,)`` the number of the uniform each row uses.
+    """
+    order = tf.cast(_order_keys(blocks.logits), tf.int64)  # (N, V')
+    weights = tf.reshape(blocks.weights, reshape_target(dynamic_dims(blocks.logits)))  # (N, V')
+    target = top_p * blocks.totals
+
+    def halve(step: tf.Tensor, low: tf.Tensor, high: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        # the mass above low reaches p, the mass above high does not
+        middle = low + (high - low) // 2
+        above = tf.reduce_sum(tf.where(order > middle[:, None], weights, 0.0), axis=-1)
+        inside = tf.cast(above, tf.float64) < target
+        return step + 1, tf.where(inside, low, middle), tf.where(inside, middle, high)
+
+    low, high = tf.reduce_min(order, axis=-1) - 1, tf.reduce_max(order, axis=-1)
+    _, _, high = tf.while_loop(lambda step, low, high: step < 32, halve, (tf.constant(0), low, high))
+    kept = tf.cast(tf.where(order >= high[:, None], weights, 0.0), tf.float64)  # (N, V')
+    index, _ = _inverse_cdf(kept, _uniform(keys, draws)[:, None])
+    return index[:, 0]
+
+
+def _sample_nucleus(blocks: _Blocks, keys: tf.Tensor, top_p: float) -> tf.Tensor:
+    """Rejection sampling of the nucleus: every row draws, the rows whose draw is outside draw again.
+
+    Row ``r`` keeps its first draw (number 0, 1, ...) that lies in the
+    nucleus, so the result does not depend on the other rows. The first round
+    checks one draw of every row (``_draws(p)`` on small vocabularies); the
+    next ones take ``RETRY_ROWS`` rows still drawing at a time, ``_draws(p)``
+    draws each, twice at most; a row still outside then draws from its
+    nucleus found exactly (``_exact_nucleus``), which costs 32 masked sums over
+    the row. Either way the draw follows the nucleus's renormalised softmax.
+    """
+    rows, vocabulary = dynamic_dims(blocks.logits)
+    draws = _draws(top_p)
+    # the first round draws once per row on large vocabularies, where each draw checked costs a pass
+    first_draws = draws if isinstance(vocabulary, int) and vocabulary <= SMALL_VOCABULARY else 1
+    budget = first_draws + 2 * draws
+    first = blocks.draw(keys, 0 if first_draws == 1 else tf.range(first_draws, dtype=tf.int32)[None, :])  # (R, D)
+    chosen, found = _first(blocks.in_nucleus(first, top_p), first)
+    chosen = tf.where(found, chosen, -1)
+    tries = tf.fill(tf.shape(chosen), first_draws)
+    count = min(RETRY_ROWS, rows) if isinstance(rows, int) else tf.minimum(RETRY_ROWS, rows)
+
+    def pick(candidates: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        _, picked = tf.math.top_k(tf.cast(candidates, tf.int32), k=count)  # lower rows first
+        return picked, tf.gather(candidates, picked)
+
+    def retry(chosen: tf.Tensor, tries: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        picked, valid = pick((chosen < 0) & (tries < budget))
+        subset = blocks.rows(picked)
+        indices = subset.draw(tf.gather(keys, picked), tf.gather(tries, picked)[:, None] + tf.range(draws, dtype=tf.int32)[None, :])  # (N, D)
+        found_index, found = _first(subset.in_nucleus(indices, top_p), indices)
+        chosen = tf.tensor_scatter_nd_update(chosen, picked[:, None], tf.where(valid & found, found_index, tf.gather(chosen, picked)))
+        tries = tf.tensor_scatter_nd_add(tries, picked[:, None], tf.where(valid, draws, 0))
+        return chosen, tries
+
+    def exact(chosen: tf.Tensor, tries: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        picked, valid = pick(chosen < 0)
+        drawn = _exact_nucleus(blocks.rows(picked), tf.gather(keys, picked), tf.gather(tries, picked), top_p)
+        return tf.tensor_scatter_nd_update(chosen, picked[:, None], tf.where(valid, drawn, tf.gather(chosen, picked))), tries
+
+    chosen, tries = tf.while_loop(lambda chosen, tries: tf.reduce_any((chosen < 0) & (tries < budget)), retry, (chosen, tries))
+    chosen, _ = tf.while_loop(lambda chosen, tries: tf.reduce_any(chosen < 0), exact, (chosen, tries))
+    return chosen
+
+
 def sample(
     logits: Any, seed: Any, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
 ) -> tf.Tensor:
@@ -277,19 +652,30 @@ def sample(
 
     The filters combine as described in ``candidates`` (temperature, then the
     ``k`` largest logits, then the nucleus of probability ``p`` among them) and
-    the index is drawn from ``softmax`` of what is left. ``temperature=0``
-    means greedy (``top_k`` / ``top_p`` then change nothing, the largest logit
-    being in every kept set). Indices whose logit is ``-inf`` are never drawn,
-    unless a whole row is ``-inf`` (no valid choice; some index is returned).
+    the index is drawn from ``softmax`` of what is left, renormalised.
+    ``temperature=0`` means greedy (``top_k`` / ``top_p`` then change nothing,
+    the largest logit being in every kept set). Indices whose logit is
+    ``-inf`` are never drawn, unless a whole row is ``-inf`` (no valid choice;
+    some index is returned).
 
-    Cost: plain and top-k sampling read the logits a few times; top-p without
-    top-k looks for the nucleus among the ``NUCLEUS_CANDIDATES`` (1024) largest
-    logits, and when it is larger, finds its threshold by bisection (32 masked
-    sums over the vocabulary) rather than by sorting.
+    Each row uses one uniform (by inverse CDF), or a few when a draw is
+    checked against the kept set and drawn again (see the module docstring),
+    from a counter-based hash of its seed: see ``uniform``.
+
+    Cost on ``(R, V)`` logits: one softmax pass, a block-sum pass and work on
+    ``sqrt(V)`` entries per row; top-k with ``V >= 64 k`` is instead a
+    block-max pass and ``tf.math.top_k`` on ``16 k`` logits per row, below
+    that one comparison pass per checked draw; top-p without top-k adds one
+    masked-sum pass and a small pass over the few rows that draw again (about
+    a fraction ``1 - p`` of them).
 
     Args:
         logits: a float tensor of shape ``(..., V)``; may contain ``-inf``.
-        seed: a shape ``(2,)`` int32 / int64 tensor; the same seed gives the same samples.
+        seed: an int32 / int64 tensor of shape ``(2,)`` (one seed for the call)
+            or ``(*prefix, 2)`` with ``prefix`` a leading prefix of
+            ``logits.shape[:-1]`` (one seed per row of the prefix). The same
+            seed gives the same samples; with per-row seeds, a row's sample
+            depends only on its seed and its own logits.
         temperature: a Python float >= 0; 0 is greedy.
         top_k: ``None`` or an int >= 1: sample among the ``k`` largest logits.
         top_p: ``None`` or a float in ``(0, 1]``: sample in the nucleus of probability ``p``.
@@ -298,33 +684,47 @@ def sample(
         An int32 tensor of shape ``(...)``.
 
     Raises:
-        TypeError: ``logits`` is not a float tensor, ``seed`` not an integer tensor,
-            or an argument has the wrong type.
-        ValueError: ``seed`` is not of shape ``(2,)``, ``temperature < 0``,
-            ``top_k < 1`` or ``top_p`` outside ``(0, 1]``.
+        TypeError: ``logits`` is not a float tensor, ``seed`` not an integer
+            tensor, or an argument has the wrong type (``top_k=2.0``).
+        ValueError: ``seed`` of the wrong shape, ``temperature`` negative or
+            not finite, ``top_k < 1`` or ``top_p`` outside ``(0, 1]``.
+        tf.errors.InvalidArgumentError: in a graph, a seed prefix dim that
+            differs from the logits' at run time.
 
     Example:
-        >>> logits = tf.math.log([[0.7, 0.2, 0.1]])
+        >>> logits = tf.math.log([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
         >>> sample(logits, seed=tf.constant([1, 2]), top_k=2).shape
-        TensorShape([1])
+        TensorShape([2])
+        >>> sample(logits, seed=tf.constant([[1, 2], [3, 4]]), top_p=0.9).shape  # a seed per row
+        TensorShape([2])
     """
     logits = _check_logits(logits)
-    seed = _check_seed(seed)
+    seed, checks = _check_row_seed(seed, logits)
     temperature = _check_temperature(temperature)
     top_k, top_p = _check_top_k(top_k), _check_top_p(top_p)
     if temperature == 0:
         return greedy(logits)
-    scaled = _scale(logits, temperature)
-    vocabulary = dynamic_dims(scaled)[-1]
-    nucleus = top_p is not None and top_p < 1.0
+    dims = dynamic_dims(logits)
+    leading, vocabulary = dims[:-1], dims[-1]
+    with tf.control_dependencies(checks):
+        keys = _row_keys(seed, leading)  # (R,)
+    rows = tf.reshape(tf.cast(logits, tf.float32), reshape_target([-1, vocabulary]))  # (R, V)
+    nucleus = top_p if top_p is not None and top_p < 1.0 else None
     if top_k is not None and not (isinstance(vocabulary, int) and top_k >= vocabulary):
-        values, indices = tf.math.top_k(scaled, k=_count(top_k, vocabulary))  # (..., K)
-        if nucleus:
-            values, _ = _nucleus(values, tf.reduce_logsumexp(values, axis=-1, keepdims=True), top_p)
-        return _pick(values, indices, seed)
-    if nucleus:
-        return _sample_nucleus(scaled, seed, top_p)
-    return tf.argmax(scaled + gumbel(tf.shape(scaled), seed), axis=-1, output_type=tf.int32)
+        if nucleus is None and isinstance(vocabulary, int) and vocabulary < 64 * top_k:
+            index = _sample_top_k(_Blocks.of(rows, temperature), keys, top_k)
+        else:
+            values, indices = _largest(rows, top_k)  # (R, K)
+            index = _sample_candidates(values, indices, keys, temperature, nucleus)
+    elif nucleus is None and isinstance(vocabulary, int) and vocabulary <= SMALL_VOCABULARY:
+        index = _sample_candidates(rows, None, keys, temperature, None)
+    else:
+        blocks = _Blocks.of(rows, temperature)
+        if nucleus is None:
+            index = blocks.draw(keys, 0)[:, 0]
+        else:
+            index = _sample_nucleus(blocks, keys, nucleus)
+    return tf.reshape(index, reshape_target(leading))  # (...)
 
 
 def binary(
@@ -399,4 +799,4 @@ def binary(
     return tf.reduce_sum(bits * weights, axis=-1)  # (..., G)
 
 
-__all__ = ["binary", "candidates", "greedy", "gumbel", "sample"]
+__all__ = ["binary", "candidates", "greedy", "gumbel", "sample", "uniform"]

@@ -2,6 +2,7 @@
 
     python -m mlable_keras.demo [--quick] [--corpus PATH] [--minutes M] [--prompt TEXT]
                                 [--temperature T] [--top-k K] [--top-p P] [--seed S] [--output DIR]
+                                [--model bytes|patches]
 
 Every step uses the library: the corpus is encoded to UTF-32-BE bytes
 (``mlable_core.text``) and grouped into tokens (``mlable_core.reshaping``); the
@@ -12,6 +13,10 @@ metrics and bits per byte with ``BitsPerByte``, which the run compares with
 zlib, bz2 and lzma on the same validation text; generation runs the KV cache in
 one compiled loop (``mlable_core.decoding``), is checked token for token against
 the uncached loop, and the model round-trips through a ``.keras`` file.
+
+``--model patches`` trains the two-level ``PatchDecoder`` (dynamic patches over
+UTF-8 bytes) on the same rows with the same budget instead, and scores it in
+bits per byte on the same validation text (no generation).
 
 The run exits with status 1 when one of its checks fails, 2 on bad arguments
 or a bad corpus.
@@ -28,6 +33,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -35,8 +41,10 @@ from typing import Any, Callable
 import keras
 import numpy as np
 
+from mlable_core import patching
 from mlable_keras import corpus, metrics
 from mlable_keras.models.byte_decoder import ByteDecoder, decode_tokens, encode_tokens
+from mlable_keras.models.patch_decoder import PatchDecoder
 
 try:  # absl prints a warning per compiled function otherwise
     import absl.logging
@@ -421,6 +429,159 @@ def run(
     return report
 
 
+# the two-level model (--model patches) ------------------------------------------------------------
+
+BYTE_DECODER_README = 2.353  # the README's full run of the ByteDecoder on the default corpus, for comparison
+PATCH_LENGTH = 16  # the most UTF-8 bytes in one patch
+# small hash tables: with BLT's sizes 3 to 8 and 4096 buckets each, the model memorises the demo's few hundred
+# kilobytes of training text (the validation bits per byte rise after 2 epochs of --quick)
+PATCH_BUCKETS, PATCH_NGRAMS = 1024, (3, 4, 5)
+
+
+@dataclass
+class PatchReport:
+    """What the ``--model patches`` run measured (``run_patches`` returns it)."""
+
+    rows: int = 0
+    length: int = 0  # S, UTF-8 bytes per row
+    max_patches: int = 0
+    patches_per_row: float = 0.0  # mean over the validation rows
+    loss_before: float = float("nan")
+    loss_after: float = float("nan")
+    bits_per_byte: float = float("nan")
+    bits_per_character: float = float("nan")
+    compressors: dict[str, float] = field(default_factory=dict)
+    validation_bytes: int = 0
+    epochs_run: int = 0
+    training_seconds: float = 0.0
+    reload_equal: bool = False
+    model_path: str = ""
+    plot_path: str | None = None
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.loss_after < self.loss_before and self.reload_equal
+
+
+def byte_rows(inputs: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows of ``build_dataset`` as UTF-8 bytes for a next-byte model: ``(inputs, targets, weights)``, each ``(R, S)``.
+
+    Row ``r`` is the UTF-8 text of its ``L + 1`` characters; ``targets[r, t]`` is the byte after
+    ``inputs[r, t]``. The bytes of the first character are context only (their targets are 0, weight 0),
+    so the targets hold exactly the text that the ByteDecoder predicts (``target_text(targets)``);
+    shorter rows end in zero padding (weight 0; ``BitsPerByte`` skips zero bytes too).
+    """
+    tokens = np.concatenate([inputs, targets[:, -1:]], axis=1)  # (R, L + 1, 4): every character of the row
+    texts = [target_text(row[None]) for row in tokens]
+    encoded = [text.encode("utf-8") for text in texts]
+    length = max(len(data) for data in encoded) - 1
+    x = np.zeros((len(texts), length), np.int32)
+    y = np.zeros((len(texts), length), np.int32)
+    for row, (text, data) in enumerate(zip(texts, encoded)):
+        x[row, : len(data) - 1] = list(data[:-1])
+        y[row, : len(data) - 1] = list(data[1:])
+        y[row, : len(text[0].encode("utf-8")) - 1] = 0  # inside the first character: context, not a target
+    return x, y, (y != 0).astype(np.float32)
+
+
+def build_patch_model(settings: Settings, max_patches: int) -> PatchDecoder:
+    """A ``PatchDecoder`` as wide as the ByteDecoder of ``settings`` globally, half as wide locally."""
+    width = settings.token_size * settings.embed_dim
+    model = PatchDecoder(
+        max_patches=max_patches, max_patch_length=PATCH_LENGTH, patching="space", space_bytes=list(patching.SPACELIKE),
+        embed_dim=width // 2, global_dim=width, global_layers=settings.num_layers, num_heads=settings.num_heads,
+        global_heads=settings.num_heads, num_buckets=PATCH_BUCKETS, ngram_sizes=PATCH_NGRAMS,
+    )
+    model.compile(
+        optimizer=keras.optimizers.AdamW(settings.learning_rate, weight_decay=0.01, clipnorm=1.0),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        weighted_metrics=[metrics.BitsPerByte(encoding="utf-8"), metrics.BitsPerByte(encoding="utf-8", per="character", name="bits_per_character")],
+        jit_compile=True,
+    )
+    return model
+
+
+def run_patches(
+    settings: Settings, text: str, source: str = "the standard library docstrings", seed: int = 0, output: str | None = None,
+    verbose: int = 1, compare_with_readme: bool = True,
+) -> PatchReport:
+    """Trains ``PatchDecoder`` on the demo's rows with the demo's budget and scores it in bits per byte."""
+    say = print if verbose else (lambda *args, **kwargs: None)
+    keras.utils.set_random_seed(seed)
+    report = PatchReport()
+    directory = output or tempfile.mkdtemp(prefix="mlable-demo-")
+    os.makedirs(directory, exist_ok=True)
+    say(f"outputs (.keras model, training.png): {directory}")
+    inputs, targets = build_dataset(text, settings)
+    train, valid = split_dataset(inputs, targets)
+    train_text, valid_text = target_text(train[1]), target_text(valid[1])
+    report.validation_bytes = len(valid_text.encode("utf-8"))
+    report.compressors = compressor_bits_per_byte(train_text, valid_text)
+    x, y, weights = byte_rows(inputs, targets)
+    split = len(train[0])
+    report.rows, report.length = len(x), x.shape[1]
+    # enough patches for every row: none overflows into the last patch
+    counts = patching.space_patches(x, x.shape[1], PATCH_LENGTH, patching.SPACELIKE, allow_overflow=True).counts.numpy()
+    report.max_patches = int(-(-counts.max() // 4) * 4)
+    report.patches_per_row = float(counts[split:].mean())
+    say(f"corpus: {len(text):,} characters from {source} -> {len(x)} rows of up to {x.shape[1]} UTF-8 bytes, "
+        f"{counts.mean():.1f} patches a row on average (SpaceByte's rule, at most {PATCH_LENGTH} bytes a patch); "
+        f"the last {len(x) - split} rows are the validation")
+    model = build_patch_model(settings, report.max_patches)
+    model(x[:1])
+    say(f"model: PatchDecoder, local width {model.embed_dim} (1 encoder + 1 decoder block over the bytes), global width "
+        f"{model.global_dim} ({_count(model.global_layers, 'block')} over {report.max_patches} patches), {model.count_params():,} parameters")
+    data = dict(x=x[:split], y=y[:split], sample_weight=weights[:split])
+    validation = (x[split:], y[split:], weights[split:])
+    evaluation = dict(x=x[split:], y=y[split:], sample_weight=weights[split:], batch_size=settings.batch_size, verbose=0, return_dict=True)
+    report.loss_before = float(model.evaluate(**evaluation)["loss"])
+    budget = "" if settings.minutes is None else f", at most {settings.minutes:g} minutes"
+    say(f"\ntraining for up to {settings.epochs} epoch(s){budget} (validation loss before: {report.loss_before:.3f})")
+    schedule = Schedule(settings.learning_rate, settings.epochs * -(-split // settings.batch_size), settings.minutes)
+    start = time.perf_counter()
+    history = model.fit(
+        **data, validation_data=validation, epochs=settings.epochs, batch_size=settings.batch_size, verbose=verbose,
+        shuffle=True, callbacks=[schedule],
+    )
+    report.training_seconds = time.perf_counter() - start
+    report.history = {key: [float(value) for value in values] for key, values in history.history.items()}
+    report.epochs_run = len(report.history.get("loss", []))
+    scores = model.evaluate(**evaluation)
+    report.loss_after = float(scores["loss"])
+    report.bits_per_byte = float(scores["bits_per_byte"])
+    report.bits_per_character = float(scores["bits_per_character"])
+    report.model_path = os.path.join(directory, "patch_decoder.keras")
+    model.save(report.model_path)
+    reloaded = keras.saving.load_model(report.model_path)
+    report.reload_equal = bool(np.array_equal(model(x[split : split + 2]).numpy(), reloaded(x[split : split + 2]).numpy()))
+    with warnings.catch_warnings():  # no accuracy curves here: matplotlib warns about the empty legend
+        warnings.simplefilter("ignore", UserWarning)
+        report.plot_path = _plot(report.history, os.path.join(directory, "training.png"), report.compressors)
+
+    say(f"\nbits per byte on the validation text ({report.validation_bytes:,} UTF-8 bytes, the same text as the ByteDecoder's)")
+    table = [("mlable PatchDecoder", f"{report.bits_per_byte:5.3f}  (model)")]
+    if compare_with_readme:
+        table.append(("mlable ByteDecoder", f"{BYTE_DECODER_README:5.3f}  (the README's full run, same corpus and budget)"))
+    table += [(f"{name} {COMPRESSOR_LEVELS[name]}", f"{value:5.3f}") for name, value in report.compressors.items()]
+    for name, value in table:
+        say(f"  {name.ljust(19)}  {value}")
+    rows = [
+        ("validation loss", f"{report.loss_before:.3f} -> {report.loss_after:.3f}", report.loss_after < report.loss_before),
+        ("validation bits per byte / character", f"{report.bits_per_byte:.3f} / {report.bits_per_character:.3f}", None),
+        ("patches per validation row", f"{report.patches_per_row:.1f} (at most {report.max_patches})", None),
+        ("training", f"{report.epochs_run} epoch(s) in {report.training_seconds:.0f} s", None),
+        (".keras reload gives equal outputs", str(report.reload_equal), report.reload_equal),
+        ("model file", report.model_path, None),
+    ]
+    width = max(len(name) for name, _, _ in rows)
+    say("\nsummary")
+    for name, value, check in rows:
+        mark = "" if check is None else ("  ok" if check else "  FAILED")
+        say(f"  {name.ljust(width)}  {value}{mark}")
+    return report
+
+
 def check_arguments(args: argparse.Namespace) -> str | None:
     """The first problem with the parsed arguments, as one line, or None."""
     checks = [
@@ -451,6 +612,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-p", type=float, default=None, help="sample in the nucleus of probability p, in (0, 1]")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None, help="folder for the .keras file and the PNG (default: a temporary folder)")
+    parser.add_argument(
+        "--model", choices=("bytes", "patches"), default="bytes",
+        help="bytes: the ByteDecoder (default); patches: the two-level PatchDecoder over dynamic patches, trained on "
+        "the same rows with the same budget and scored in bits per byte (no generation)",
+    )
     args = parser.parse_args(argv)
     error = check_arguments(args)
     if error is not None:
@@ -470,14 +636,24 @@ def main(argv: list[str] | None = None) -> int:
             print("note: --top-k / --top-p sample, so the temperature is 1.0 (pass --temperature to change it)")
     elif temperature == 0 and (args.top_k is not None or args.top_p is not None):
         print("note: --temperature 0 is greedy decoding: --top-k / --top-p change nothing")
-    print(
-        "mlable demo: train a byte-level decoder on real text, then generate with its KV cache.\n"
-        "  1. encode the corpus to UTF-32-BE bytes, grouped into tokens\n"
-        "  2. train TokunEmbedding + CachedMultiHeadAttention with RoPE + FeedForwardGate with fit\n"
-        "  3. score it in bits per byte against zlib, bz2 and lzma on the same validation text\n"
-        "  4. generate with the cache in one compiled loop, check it against the uncached loop\n"
-        "  5. save and reload the model as .keras, plot the training curves\n"
-    )
+    if args.model == "patches":
+        print(
+            "mlable demo, --model patches: a two-level byte model over dynamic patches, on the same rows and budget.\n"
+            "  1. the rows of characters as UTF-8 bytes; patches start after space-like bytes (SpaceByte)\n"
+            "  2. train HashNgramEmbedding + a local encoder, PatchPooling, a global transformer over the patches,\n"
+            "     PatchUnpooling (each byte reads the patch before its own) and a local decoder, with fit\n"
+            "  3. score it in bits per byte next to the ByteDecoder and zlib, bz2 and lzma on the same validation text\n"
+            "  4. save and reload the model as .keras, plot the training curves\n"
+        )
+    else:
+        print(
+            "mlable demo: train a byte-level decoder on real text, then generate with its KV cache.\n"
+            "  1. encode the corpus to UTF-32-BE bytes, grouped into tokens\n"
+            "  2. train TokunEmbedding + CachedMultiHeadAttention with RoPE + FeedForwardGate with fit\n"
+            "  3. score it in bits per byte against zlib, bz2 and lzma on the same validation text\n"
+            "  4. generate with the cache in one compiled loop, check it against the uncached loop\n"
+            "  5. save and reload the model as .keras, plot the training curves\n"
+            )
     try:
         text = corpus.load_corpus(args.corpus, max_characters=settings.characters)
         build_dataset(text, settings)  # a corpus too short for one row fails here, with its size
@@ -485,6 +661,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: error: {error}", file=sys.stderr)
         return 2
     source = "the standard library docstrings" if args.corpus is None else repr(args.corpus)
+    if args.model == "patches":
+        compare = args.corpus is None and not args.quick and settings == FULL
+        patch_report = run_patches(settings, text, source, args.seed, args.output, compare_with_readme=compare)
+        return 0 if patch_report.passed else 1
     report = run(settings, text, source, args.prompt, temperature, args.top_k, args.top_p, args.seed, args.output)
     return 0 if report.passed else 1
 

@@ -249,3 +249,50 @@ def attention_cases(draw: st.DrawFn, max_length: int = 9, max_chunk: int = 6) ->
         key_chunk=draw(st.integers(1, max_chunk)),
         seed=draw(st.integers(0, 2**31 - 1)),
     )
+
+
+# dynamic patching (issue 16) -------------------------------------------------------------------
+
+# bytes for the patch criteria: spaces often, so that the space rule fires, and UTF-8 continuation bytes
+BYTE_ALPHABET = [32, 32, 10, 0, 97, 98, 99, 0x80, 0xA9, 200, 255]
+
+
+@st.composite
+def patch_inputs(draw: st.DrawFn, max_rows: int = 3, max_length: int = 20):
+    """``(bytes, entropies, mask or None, max_patch_length or None, threshold)`` for the patch criteria, ``(B, S)`` each."""
+    rows = draw(st.integers(1, max_rows))
+    length = draw(st.integers(0, max_length))
+    data = np.asarray(draw(st.lists(st.sampled_from(BYTE_ALPHABET), min_size=rows * length, max_size=rows * length)), np.int32).reshape(rows, length)
+    entropies = np.asarray(
+        draw(st.lists(st.sampled_from([0.0, 0.5, 1.0, 1.5, 2.0, 3.0]), min_size=rows * length, max_size=rows * length)), np.float32
+    ).reshape(rows, length)
+    masked = draw(st.booleans())
+    mask = np.asarray(draw(st.lists(st.booleans(), min_size=rows * length, max_size=rows * length)), bool).reshape(rows, length) if masked else None
+    max_patch_length = draw(st.one_of(st.none(), st.integers(1, 5)))
+    threshold = draw(st.sampled_from([-0.5, 0.0, 0.75, 1.0, 2.5]))
+    return data, entropies, mask, max_patch_length, threshold
+
+
+# generation: ragged batches and beams (issue 13) -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RaggedCase:
+    """A batch of prompts of different lengths, a generation length and a seed for the data."""
+
+    lengths: tuple[int, ...]
+    max_new_tokens: int
+    seed: int
+
+
+@st.composite
+def ragged_cases(
+    draw: st.DrawFn, max_batch: int = 3, max_length: int = 6, max_new_tokens: int = 8, min_batch: int = 1
+) -> RaggedCase:
+    """Per-row prompt lengths in ``[1, max_length]`` (often different), ``1 <= M <= max_new_tokens``."""
+    batch = draw(st.integers(min_batch, max_batch))
+    return RaggedCase(
+        lengths=tuple(draw(st.lists(st.integers(1, max_length), min_size=batch, max_size=batch))),
+        max_new_tokens=draw(st.integers(1, max_new_tokens)),
+        seed=draw(st.integers(0, 2**16)),
+    )

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mlable_core import attention
+from mlable_core import cache as kv_cache
 from tests import strategies
 
 # independent numpy references ---------------------------------------------------------------
@@ -118,6 +119,25 @@ def test_update_in_a_graph_with_unknown_dims_and_under_xla():
     compiled = tf.function(attention.update_cache, jit_compile=True)
     for fn in (graph, compiled):
         np.testing.assert_array_equal(fn(cache, key, value, tf.constant(4)).numpy(), expected)
+
+
+@given(st.integers(1, 6), st.lists(st.integers(1, 9), min_size=1, max_size=4), st.integers(0, 2**16))
+def test_ring_cache_holds_the_latest_position_of_each_slot(window, chunks, seed):
+    rng = np.random.default_rng(seed)
+    length = sum(chunks)
+    keys = rng.normal(size=(2, length, 1, 3)).astype("float32")
+    ring, position = kv_cache.create_cache(2, window, 1, 3), 0
+    for size in chunks:  # chunks longer than the window included
+        part = keys[:, position : position + size]
+        ring = kv_cache.update_ring_cache(ring, part, 2 * part, position)
+        position += size
+    # a plain loop: slot j holds the last position p < length with p % W == j, or nothing (any negative value)
+    latest = [max((p for p in range(length) if p % window == j), default=-1) for j in range(window)]
+    np.testing.assert_array_equal(np.maximum(kv_cache.ring_positions(tf.constant(length), window).numpy(), -1), latest)
+    for slot, held in enumerate(latest):
+        expected = keys[:, held] if held >= 0 else np.zeros((2, 1, 3))
+        np.testing.assert_array_equal(ring[0, :, slot].numpy(), expected)
+        np.testing.assert_array_equal(ring[1, :, slot].numpy(), 2 * expected)
 
 
 # masks --------------------------------------------------------------------------------------
@@ -355,6 +375,17 @@ def test_xla_updates_the_cache_in_place_inside_a_compiled_loop():
     assert np.isfinite(total.numpy())
 
 
+def test_float64_inputs_keep_float64_precision_with_the_default_scale():
+    # H = 3: 1 / sqrt(3) is not a float32 number; rounding the scale through float32 costs about 1e-8
+    rng = np.random.default_rng(11)
+    q, k, v = random_qkv(rng, 2, 5, 2, 3, dtype="float64")
+    q = q * 8.0  # large scores, so that a scale error shows in the softmax
+    expected, weights = naive_attention(q, k, v, loop_mask(5, 5)[None])
+    output, scores = attention.attention(q, k, v, return_scores=True)
+    np.testing.assert_allclose(scores.numpy(), weights, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(output.numpy(), expected, rtol=0, atol=1e-13)
+
+
 def test_gradients_match_finite_differences_in_float64():
     rng = np.random.default_rng(9)
     q, k, v = random_qkv(rng, 1, 3, 2, 2, dtype="float64")
@@ -557,3 +588,177 @@ def test_append_cache_grows_after_the_existing_slots():
     grown, step = attention.append_cache(cache, key, value)
     assert int(step) == 3 and grown.shape == (2, 2, 5, 2, 4)
     np.testing.assert_array_equal(grown.numpy(), np.concatenate([cache.numpy(), np.stack([key.numpy(), value.numpy()])], axis=2))
+
+
+# half precision: the scores accumulate in float32 ---------------------------------------------
+
+
+def _large(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> tf.Tensor:
+    """Entries near 100 (a float16 dot product over 64 of them is past 65504), rounded to ``dtype``."""
+    return tf.cast(100.0 + rng.normal(size=shape) * 3.0, dtype)
+
+
+def _reference(q, k, v, mask) -> np.ndarray:
+    """The float64 loop on the same rounded inputs, key / value heads repeated to the query heads."""
+    q, k, v = (tf.cast(t, tf.float64).numpy() for t in (q, k, v))
+    repeat = q.shape[2] // k.shape[2]
+    return naive_attention(q, np.repeat(k, repeat, 2), np.repeat(v, repeat, 2), mask)[0]
+
+
+def _close(output: tf.Tensor, expected: np.ndarray) -> None:
+    got = tf.cast(output, tf.float64).numpy()
+    assert np.all(np.isfinite(got))
+    # the output is rounded to the half type once (values near 100: float16 ulp 0.06, bfloat16 ulp 0.5)
+    np.testing.assert_allclose(got, expected, atol=0.6 if output.dtype == tf.bfloat16 else 0.07)
+
+
+def test_half_precision_overflow_is_reproduced_by_a_float16_product():
+    x = tf.fill((1, 2, 1, 64), tf.constant(100.0, tf.float16))
+    assert not np.isfinite(tf.einsum("btnh,bsnh->bnts", x, x).numpy()).all()  # what the scores were before
+    np.testing.assert_array_equal(attention.attention(x, x, x)[0, :, 0, 0].numpy(), [100.0, 100.0])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("heads", [(2, 2), (4, 2)])
+@pytest.mark.parametrize("length", [5, attention.SCORE_BLOCK + 88])  # one block, and blocks whose last one overlaps
+def test_half_precision_plain_attention_scores_in_float32(dtype, heads, length):
+    rng = np.random.default_rng(50)
+    query_heads, kv_heads = heads
+    q = _large(rng, (2, 3, query_heads, 64), dtype)
+    k, v = (_large(rng, (2, length, kv_heads, 64), dtype) for _ in range(2))
+    expected = _reference(q, k, v, np.ones((1, 3, length), bool))
+    _close(attention.attention(q, k, v, use_causal_mask=False), expected)
+    if length > attention.SCORE_BLOCK:
+        graph = tf.function(
+            lambda q, k, v: attention.attention(q, k, v, use_causal_mask=False),
+            input_signature=[tf.TensorSpec([None, None, query_heads, 64], dtype)] + 2 * [tf.TensorSpec([None, None, kv_heads, 64], dtype)],
+        )
+        _close(graph(q, k, v), expected)  # S known at run time only: a block count known at run time only
+        compiled = tf.function(lambda q, k, v: attention.attention(q, k, v, use_causal_mask=False), jit_compile=True)
+        _close(compiled(q, k, v), expected)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("kv_heads", [2, 1])
+def test_half_precision_cached_decoding_on_every_path(dtype, kv_heads):
+    rng = np.random.default_rng(51)
+    slots, prompt = 640, attention.SCORE_BLOCK + 40  # the decode step reads 553 slots: two blocks
+    q = _large(rng, (1, prompt + 1, 2, 64), dtype)
+    k, v = (_large(rng, (1, prompt + 1, kv_heads, 64), dtype) for _ in range(2))
+    expected = _reference(q, k, v, loop_mask(prompt + 1, prompt + 1)[None])[:, prompt:]
+    cache = attention.create_cache(1, slots, kv_heads, 64, dtype=dtype)
+    _, cache = attention.cached_attention(q[:, :prompt], k[:, :prompt], v[:, :prompt], cache, 0)
+    new = [t[:, prompt:] for t in (q, k, v)]
+    eager = attention.cached_attention(*new, cache, prompt)[0]
+    graph = tf.function(lambda c, s: attention.cached_attention(*new, c, s)[0])(cache, tf.constant(prompt))
+    buckets = tf.function(lambda c, s: attention.cached_attention(*new, c, s)[0], jit_compile=True)(cache, tf.constant(prompt))
+    for output in (eager, graph, buckets):
+        _close(output, expected)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_ring_attention(dtype):
+    rng = np.random.default_rng(52)
+    window, length = 4, 9
+    q = _large(rng, (1, length, 4, 64), dtype)
+    k, v = (_large(rng, (1, length, 2, 64), dtype) for _ in range(2))
+    expected = _reference(q, k, v, loop_mask(length, length, window=window)[None])
+    ring, outputs = attention.create_cache(1, window, 2, 64, dtype=dtype), []
+    step_fn = tf.function(attention.ring_attention, jit_compile=True)
+    for position in range(length):
+        part = slice(position, position + 1)
+        output, ring = step_fn(q[:, part], k[:, part], v[:, part], ring, tf.constant(position))
+        outputs.append(output)
+    _close(tf.concat(outputs, axis=1), expected)
+
+
+def test_half_precision_block_scores_have_gradients():
+    rng = np.random.default_rng(53)
+    length = attention.SCORE_BLOCK + 30
+    q, k, v = (tf.constant(rng.normal(size=(1, 2, 2, 8)) if i == 0 else rng.normal(size=(1, length, 2, 8)), tf.float16) for i in range(3))
+
+    def loss(q, k, v):
+        return tf.reduce_sum(tf.cast(attention.attention(q, k, v, use_causal_mask=False), tf.float32) ** 2)
+
+    with tf.GradientTape() as tape:
+        tape.watch([q, k, v])
+        half = loss(q, k, v)
+    gradients = tape.gradient(half, [q, k, v])
+    wide = [tf.cast(t, tf.float64) for t in (q, k, v)]
+    with tf.GradientTape() as tape:
+        tape.watch(wide)
+        reference = tf.reduce_sum(attention.attention(*wide, use_causal_mask=False) ** 2)
+    expected = tape.gradient(reference, wide)
+    for got, want in zip(gradients, expected):
+        np.testing.assert_allclose(tf.cast(got, tf.float64).numpy(), want.numpy(), atol=0.05, rtol=0.02)
+    compiled = tf.function(lambda q, k, v: tf.gradients(loss(q, k, v), [q, k])[1], jit_compile=True)
+    np.testing.assert_allclose(tf.cast(compiled(q, k, v), tf.float64).numpy(), expected[1].numpy(), atol=0.05, rtol=0.02)
+
+
+# sizes known at run time only -----------------------------------------------------------------
+
+_ANY = tf.TensorSpec([None, None, None, 4])  # H known: it sets the default scale
+_ANY_H = tf.TensorSpec([None, None, None, None])
+
+
+def _graph(fn, *specs):
+    return tf.function(fn, input_signature=list(specs))
+
+
+RUN_TIME_ERRORS = [
+    (  # query and key batches
+        _graph(lambda q, k, v: attention.attention(q, k, v), _ANY, _ANY, _ANY),
+        (np.ones((2, 3, 2, 4)), np.ones((3, 3, 2, 4)), np.ones((3, 3, 2, 4))),
+        r"The batch sizes B must agree\. Received at run time: the shapes of `query`, `key`, `value` =.*\[2 3 2 4\].*\[3 3 2 4\]",
+    ),
+    (  # key and value lengths
+        _graph(lambda q, k, v: attention.attention(q, k, v, use_causal_mask=False), _ANY, _ANY, _ANY),
+        (np.ones((2, 3, 2, 4)), np.ones((2, 5, 2, 4)), np.ones((2, 4, 2, 4))),
+        r"The key / value lengths S must agree\. Received at run time: the shapes of `key`, `value` =.*\[2 5 2 4\].*\[2 4 2 4\]",
+    ),
+    (  # query and key head sizes
+        _graph(lambda q, k, v: attention.attention(q, k, v), _ANY, _ANY_H, _ANY_H),
+        (np.ones((2, 3, 2, 4)), np.ones((2, 3, 2, 5)), np.ones((2, 3, 2, 5))),
+        r"The query and key head sizes H must agree\. Received at run time: the shapes of `query`, `key` =",
+    ),
+    (  # the batch of the mask
+        _graph(lambda q, m: attention.attention(q, q, q, attention_mask=m), _ANY, tf.TensorSpec([None, None, None], tf.bool)),
+        (np.ones((2, 3, 2, 4)), np.ones((3, 3, 3), bool)),
+        r"`attention_mask` must have shape \(B, T, S\), each 1 or the size of the call: B the batch of `query`.* Received at run time: attention_mask shape, then the sizes of B, T, S =.*\[3 3 3\].*2",
+    ),
+    (  # the key length of the mask, over the slots of a cache
+        _graph(lambda q, m: attention.cached_attention(q, q, q, tf.zeros((2, 2, 8, 2, 4)), 0, attention_mask=m)[0], _ANY, tf.TensorSpec([None, None, None], tf.bool)),
+        (np.ones((2, 3, 2, 4)), np.ones((2, 3, 5), bool)),
+        r"`attention_mask` must have shape \(B, T, S\).* Received at run time: attention_mask shape, then the sizes of B, T, S =.*\[2 3 5\].*\[8\]",
+    ),
+    (  # the query length of the mask, ring cache
+        _graph(lambda q, m: attention.ring_attention(q, q, q, tf.zeros((2, 1, 4, 2, 4)), 0, attention_mask=m)[0], tf.TensorSpec([1, None, 2, 4]), tf.TensorSpec([1, None, None], tf.bool)),
+        (np.ones((1, 3, 2, 4)), np.ones((1, 2, 7), bool)),
+        r"`attention_mask` must have shape \(B, T, S\).* Received at run time: attention_mask shape, then the sizes of T, S =.*\[1 2 7\].*3.*7",
+    ),
+]
+
+
+@pytest.mark.parametrize("fn,inputs,message", RUN_TIME_ERRORS)
+def test_sizes_known_at_run_time_only_are_asserted_with_the_argument_names(fn, inputs, message):
+    inputs = [tf.constant(item, tf.bool if item.dtype == bool else tf.float32) for item in inputs]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        fn(*inputs)
+
+
+def test_run_time_checks_pass_matching_sizes_and_add_nothing_when_sizes_are_static():
+    rng = np.random.default_rng(60)
+    q, k, v = random_qkv(rng, 2, 3, 2, 4)
+    mask = rng.integers(0, 2, size=(1, 3, 3)).astype(bool)
+    graph = _graph(lambda q, k, v, m: attention.attention(q, k, v, attention_mask=m), _ANY, _ANY, _ANY, tf.TensorSpec([None, None, None], tf.bool))
+    np.testing.assert_allclose(graph(q, k, v, mask).numpy(), attention.attention(q, k, v, attention_mask=mask).numpy(), atol=1e-6)
+    static = tf.function(lambda q, k, v: attention.attention(q, k, v)).get_concrete_function(q, k, v).graph
+    assert not [op for op in static.get_operations() if op.type == "Assert"]
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    for module in (attention, kv_cache):
+        result = doctest.testmod(module, extraglobs={"tf": tf}, optionflags=doctest.NORMALIZE_WHITESPACE)
+        assert result.failed == 0 and result.attempted > 5, (module.__name__, result)

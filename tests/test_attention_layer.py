@@ -134,7 +134,7 @@ def test_every_keras_mask_combination_matches_keras(masked, causal):
     query, value, key = inputs()
     expected, expected_scores = twin(query, value, key=key, use_causal_mask=causal, return_attention_scores=True)
     # rows that see at least one key equal Keras'; a row that sees none is all zero here (uniform in Keras)
-    seen = np.asarray(scores).sum(-1) > 0.5  # (B, N, F)
+    seen = np.asarray(scores).sum(-1) > 0.5  # (B, N, T)
     rows = seen.all(1)  # (B, T)
     assert rows.any()
     np.testing.assert_allclose(np.asarray(outputs)[rows], np.asarray(expected)[rows], atol=1e-5)
@@ -368,3 +368,88 @@ def test_grouped_query_heads_round_trip_and_errors(tmp_path):
         layer(x, x, cache=attention.create_cache(2, 6, 4, 8), step=0)
     with pytest.raises(ValueError, match=r"Grouped-query heads \(`num_key_value_heads`\) need 3D inputs"):
         CachedMultiHeadAttention(num_heads=4, key_dim=8, num_key_value_heads=2)(data(2, 3, 3, 16), data(2, 3, 3, 16), use_causal_mask=False)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_scores_past_float16_range_match_float64(policy):
+    # projected queries and keys near 100 with H=64: q . k / 8 is about 80000, past float16's 65504
+    layer = CachedMultiHeadAttention(num_heads=2, key_dim=64, dtype=policy)
+    x = 1.0 + 0.02 * data(1, 6, 8, seed=60)
+    layer(x, x)
+    rng = np.random.default_rng(61)
+    for dense in (layer.query_dense, layer.key_dense):
+        dense.kernel.assign(12.5 + rng.normal(size=dense.kernel.shape).astype("float32"))
+    half = [tf.cast(dense(x), tf.float64).numpy() for dense in (layer.query_dense, layer.key_dense, layer.value_dense)]
+    q, k, v = half  # (B, T, N, H), the projections as the layer rounds them
+    scores = np.einsum("btnh,bsnh->bnts", q, k) / 8.0
+    scores = np.where(np.tril(np.ones((6, 6), bool)), scores, -np.inf)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    mixed = np.einsum("bnts,bsnh->btnh", weights, v)
+    kernel, bias = (tf.cast(w, tf.float64).numpy() for w in (layer.output_dense.kernel, layer.output_dense.bias))
+    expected = np.einsum("btnh,nhd->btd", mixed, kernel) + bias
+    tolerance = 0.05 if policy == "mixed_bfloat16" else 0.01
+    plain = layer(x, x)
+    cache = attention.create_cache(1, 8, 2, 64, dtype=layer.compute_dtype)
+    prefill, cache = layer(x[:, :5], x[:, :5], cache=cache, step=0)
+    step = tf.function(lambda token, cache: layer(token, token, cache=cache, step=5), jit_compile=True)
+    decoded, _ = step(x[:, 5:], cache)
+    for got in (plain, tf.concat([prefill, decoded], axis=1)):
+        got = tf.cast(got, tf.float64).numpy()
+        assert np.all(np.isfinite(got))
+        np.testing.assert_allclose(got, expected, atol=tolerance * np.abs(expected).max())
+
+
+_X = data(2, 3, WIDTH)
+_Q = data(2, 3, 3, 4)
+
+
+def _windowed(window: int) -> CachedMultiHeadAttention:
+    if "sliding_window" not in CachedMultiHeadAttention(num_heads=HEADS, key_dim=HEAD_DIM).get_config():
+        pytest.skip(f"Keras {keras.__version__} has no sliding_window")
+    return CachedMultiHeadAttention(num_heads=HEADS, key_dim=HEAD_DIM, sliding_window=window)
+
+
+BAD_INPUTS = [
+    (lambda: _windowed(True), ValueError, r"`sliding_window` must be `None` or a positive integer\. Received: sliding_window=True"),
+    (lambda: _windowed(0), ValueError, r"`sliding_window` must be `None` or a positive integer\. Received: sliding_window=0"),
+    (
+        lambda: _windowed(4)(_X, _X, cache=attention.create_cache(2, 3, HEADS, HEAD_DIM), step=0), ValueError,
+        r"With sliding_window=4, a cache needs exactly 4 slots \(a ring buffer.*or at least 4.*Received: cache with shape \(2, 2, 3, 2, 4\)",
+    ),
+    (
+        lambda: CachedMultiHeadAttention(num_heads=HEADS, key_dim=HEAD_DIM)(_X, _X, cache=attention.create_cache(2, 6, 1, HEAD_DIM), step=0),
+        ValueError, r"`cache` must have shape \(2, B, S, N=2, H=4\)\. Received: cache with shape \(2, 2, 6, 1, 4\)",
+    ),
+    (
+        lambda: CachedMultiHeadAttention(num_heads=HEADS, key_dim=HEAD_DIM, rotary=True)(_X, _X, positions=np.zeros((3, 3))),
+        ValueError, r"`positions`.*\(B, S\).*Received: positions with shape \(3, 3\)",
+    ),
+    (
+        lambda: CachedMultiHeadAttention(num_heads=HEADS, key_dim=HEAD_DIM, rotary=True)(_X, _X, positions=np.zeros((2, 3, 1))),
+        ValueError, r"`positions` must have shape \(S,\).*or \(B, S\).*Received: positions with shape \(2, 3, 1\)",
+    ),
+    (
+        lambda: CachedMultiHeadAttention(num_heads=HEADS, key_dim=HEAD_DIM, rotary=True)(_X, _X, positions=np.zeros(3, np.complex64)),
+        TypeError, r"`positions` must be an integer or float tensor of shape \(S,\) or \(B, S\)",
+    ),
+    (
+        lambda: attention.attention(_Q, _Q[:, :, :2], _Q[:, :, :2]), ValueError,
+        r"The key / value head count K must divide the query head count N.*Received: query \(2, 3, 3, 4\), key \(2, 3, 2, 4\)",
+    ),
+    (
+        lambda: attention.ring_attention(_Q, _Q, _Q, attention.create_cache(2, 4, 2, 4), 0), ValueError,
+        r"The key / value head counts K must agree: cache K=2, key K=3, value K=3\. Received: cache \(2, 2, 4, 2, 4\)",
+    ),
+    (lambda: attention.ring_attention(_Q, _Q, _Q, attention.create_cache(2, 4, 3, 4), -1), ValueError, r"`step` must be >= 0\. Received: step=-1"),
+    (
+        lambda: attention.cached_attention(_Q, _Q, _Q, attention.create_cache(2, 4, 3, 4), 0, sliding_window=0), ValueError,
+        r"`sliding_window` must be an int >= 1\. Received: sliding_window=0",
+    ),
+]
+
+
+@pytest.mark.parametrize("call,error,message", BAD_INPUTS)
+def test_bad_inputs_name_the_argument_the_value_and_the_shape(call, error, message):
+    with pytest.raises(error, match=message):
+        call()

@@ -80,7 +80,7 @@ def test_benchmark_module_runs(name: str, restore_optional) -> None:
         assert {item.mode for item in rows} >= {"xla loop (marginal)", "graph per call", "xla per call"}
     if name == "bench_generation":
         assert rows[0].extra["tokens_per_second"] > 0
-    if name in ("bench_rotary", "bench_embedding", "bench_attention", "bench_metrics"):
+    if name in ("bench_rotary", "bench_embedding", "bench_attention", "bench_metrics", "bench_patching"):
         assert any(item.bandwidth_share is not None for item in rows), "these rows carry the bytes they move"
     if name == "bench_feedforward":
         assert all(item.flops_share is not None for item in rows), "the feed-forward rows carry their FLOPs"
@@ -94,7 +94,7 @@ def test_benchmark_module_runs(name: str, restore_optional) -> None:
 
 
 def test_every_module_is_covered() -> None:
-    expected = {"attention", "chunked", "embedding", "feedforward", "generation", "hilbert", "metrics", "reshaping", "rotary", "sampling", "serving"}
+    expected = {"attention", "chunked", "embedding", "feedforward", "generation", "hilbert", "metrics", "patching", "reshaping", "rotary", "sampling", "serving"}
     assert {name.removeprefix("bench_") for name in MODULES} >= expected
 
 

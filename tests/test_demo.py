@@ -114,7 +114,7 @@ MODEL_ERRORS = [
     (lambda: ByteDecoder(num_layers=0), ValueError, r"`num_layers` must be an int >= 1\. Received: num_layers=0"),
     (lambda: ByteDecoder(dropout_rate=1.0), ValueError, r"`dropout_rate` must be in \[0, 1\)\. Received: dropout_rate=1\.0"),
     (lambda: ByteDecoder(token_size=8, embed_dim=4, num_heads=2).forward(tf.zeros((1, 2, 8), tf.int32), cache=()), ValueError, r"`step` is required with a `cache`"),
-    (lambda: ByteDecoder(token_size=8, embed_dim=4, num_heads=2).generate(tf.zeros((1, 2, 16), tf.int32), 3), ValueError, r"`prompt` must be byte tokens of shape \(B, P, token_size=8\)\. Received: prompt with shape \(1, 2, 16\)"),
+    (lambda: ByteDecoder(token_size=8, embed_dim=4, num_heads=2).generate(tf.zeros((1, 2, 16), tf.int32), 3), ValueError, r"`prompt` must be byte tokens of shape \(B, S, token_size=8\)\. Received: prompt with shape \(1, 2, 16\)"),
     (lambda: ByteDecoder(token_size=8, embed_dim=4, num_heads=2).generate_uncached(tf.zeros((1, 2, 8), tf.int32), 0), ValueError, r"`max_new_tokens` must be an int >= 1\. Received: max_new_tokens=0"),
 ]
 
@@ -275,3 +275,46 @@ def test_training_figure_pairs_curves_labels_axes_and_draws_the_compressors(tmp_
     path = demo._plot(history, str(tmp_path / "training.png"), compressors)
     with open(path, "rb") as handle:
         assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+# --model patches: the two-level PatchDecoder on the same rows ----------------------------------------
+
+
+def test_byte_rows_hold_the_validation_text_of_the_byte_decoder():
+    settings = demo.Settings(**{**demo.QUICK.__dict__, "num_tokens": 6})
+    text = "héllo wörld, 🙂 a naïve café; " * 4
+    inputs, targets = demo.build_dataset(text, settings)
+    x, y, weights = demo.byte_rows(inputs, targets)
+    assert x.shape == y.shape == weights.shape and x.dtype == y.dtype == np.int32
+    np.testing.assert_array_equal(weights, (y != 0).astype(np.float32))
+    for row in range(len(x)):
+        # the bytes the next-byte model is scored on are the text the ByteDecoder is scored on
+        assert bytes(y[row][y[row] != 0].astype(np.uint8)).decode("utf-8") == demo.target_text(targets[row : row + 1])
+        whole = demo.target_text(np.concatenate([inputs[row : row + 1], targets[row : row + 1, -1:]], axis=1)).encode("utf-8")
+        assert bytes(x[row, : len(whole) - 1].astype(np.uint8)) == whole[:-1]  # each input byte precedes its target
+
+
+def test_cli_model_patches_runs_the_patch_decoder_and_the_default_does_not(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(demo, "run", lambda *args, **kwargs: calls.append("bytes") or demo.Report(loss_before=1, loss_after=0, cached_equals_uncached=True, reload_equal=True))
+    monkeypatch.setattr(demo, "run_patches", lambda settings, *args, **kwargs: calls.append(("patches", settings, kwargs)) or demo.PatchReport(loss_before=1, loss_after=0, reload_equal=True))
+    assert demo.main(["--quick", "--model", "patches"]) == 0
+    assert demo.main(["--quick"]) == 0
+    assert calls[0] == ("patches", demo.QUICK, {"compare_with_readme": False}) and calls[1] == "bytes"
+    assert "--model patches" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        demo.main(["--model", "words"])
+
+
+def test_patches_demo_trains_scores_and_reloads(tmp_path):
+    settings = demo.Settings(**{**demo.QUICK.__dict__, "characters": 6_000, "epochs": 1})
+    text = corpus.load_corpus(max_characters=settings.characters)
+    report = demo.run_patches(settings, text, output=str(tmp_path), verbose=0)
+    assert report.loss_after < report.loss_before, (report.loss_before, report.loss_after)
+    assert report.reload_equal and os.path.isfile(report.model_path)
+    _, valid = demo.split_dataset(*demo.build_dataset(text, settings))
+    assert report.validation_bytes == len(demo.target_text(valid[1]).encode("utf-8"))
+    assert 0 < report.bits_per_byte < 8 and set(report.compressors) == {"zlib", "bz2", "lzma"}
+    assert report.history["val_bits_per_byte"][-1] == pytest.approx(report.bits_per_byte, rel=1e-3)
+    assert 1 < report.patches_per_row <= report.max_patches
+    assert report.passed

@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from mlable_core import attention, chunked, reshaping, rotary, shapes
+from mlable_core import cache as kv_cache
 from mlable_keras import _compat
 
 _ROTARY_KEYS = ("max_wavelength", "scaling_factor", "interleaved")
@@ -60,6 +61,20 @@ def _as_rank3_mask(mask: Any) -> Any:
     while len(mask.shape) < 3:
         mask = tf.expand_dims(mask, 0)
     return mask
+
+
+def _project(dense: Any, inputs: Any) -> Any:
+    """``dense(inputs)``, computed on two copies of the row when a compiled call projects one row (B = T = 1).
+
+    XLA on CPU turns a matrix-vector product whose matrix is a reshaped kernel (an ``EinsumDense`` kernel
+    ``(D, N, H)`` seen as ``(D, N * H)``) into a plain loop fused with the reshape, about 20x slower than its
+    matrix-multiplication kernel (measured: 60 us against 3 us for a 256 x 256 projection). Two rows keep it
+    a matrix product; the second is dropped. Decoding one token at batch 1 projects four times per block.
+    """
+    shape = getattr(inputs, "shape", None)
+    if shape is not None and len(shape) >= 3 and shape[0] == 1 and shape[1] == 1 and attention.in_xla_context():
+        return dense(tf.concat([inputs, inputs], axis=0))[:1]
+    return dense(inputs)
 
 
 @keras.saving.register_keras_serializable(package="mlable")
@@ -121,9 +136,11 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
     spreads such a row evenly over the masked keys instead); every other row
     equals Keras'.
 
-    Under mixed precision the scores and the softmax run in float32 and the
-    weights are cast back to the compute dtype. The cache stays in the compute
-    dtype. Eagerly and in ``tf.function`` a cached call reads the filled slots
+    Under mixed precision the scores ``q . k`` are summed in float32 (never in
+    float16, where they overflow past 65504), the softmax runs in float32 and
+    the weights are cast back to the compute dtype; the cache stays in the
+    compute dtype and is never copied whole to float32 (see
+    ``mlable_core.attention``). Eagerly and in ``tf.function`` a cached call reads the filled slots
     only; under XLA it reads the smallest power-of-two bucket holding them and
     updates the cache in place. A write past the end of the cache raises
     (eagerly and in graphs); under XLA the output of that call is NaN instead.
@@ -191,7 +208,7 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
         >>> x = tf.random.normal((2, 10, 64))
         >>> layer(x, x).shape  # plain causal self-attention
         TensorShape([2, 10, 64])
-        >>> cache = mlable_core.attention.create_cache(batch_size=2, cache_length=32, num_heads=4, head_dim=16)
+        >>> cache = mlable_core.cache.create_cache(batch_size=2, cache_length=32, num_heads=4, head_dim=16)
         >>> outputs, cache = layer(x, x, cache=cache, step=0)  # prefill 10 positions
         >>> outputs, cache = layer(x[:, :1], x[:, :1], cache=cache, step=10)  # decode the 11th
         >>> outputs.shape
@@ -210,6 +227,8 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 expected = "a positive integer or `None`" if optional else "a positive integer"
                 raise ValueError(f"Received an invalid value for argument `{name}`, expected {expected}. Received: {name}={value!r}")
+        if isinstance(kwargs.get("sliding_window"), bool):  # Keras takes True for a window of 1
+            raise ValueError(f"`sliding_window` must be `None` or a positive integer. Received: sliding_window={kwargs['sliding_window']!r}")
         if num_key_value_heads is not None:
             if isinstance(num_key_value_heads, bool) or not isinstance(num_key_value_heads, int) or num_key_value_heads <= 0:
                 raise ValueError(
@@ -304,7 +323,7 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
         if step is not None and cache is None:
             raise ValueError(
                 f"`step` is only meaningful with a `cache`. Received: step={step!r} and cache=None; "
-                "allocate one with mlable_core.attention.create_cache"
+                "allocate one with mlable_core.cache.create_cache"
             )
         if read_only_cache and cache is None:
             raise ValueError("`read_only_cache=True` needs a `cache` (from `compute_cache(value, key)`). Received: cache=None")
@@ -360,12 +379,12 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
         for tensor in (query, value, key):
             _compat.set_keras_mask(tensor, None)
         gate_dense = _compat.mha_gate_dense(self)
-        gate = None if gate_dense is None else gate_dense(query)
-        projected_query = self.query_dense(query)  # (B, T, N, H)
+        gate = None if gate_dense is None else _project(gate_dense, query)
+        projected_query = _project(self.query_dense, query)  # (B, T, N, H)
         projected_key = projected_value = None
         if not read_only_cache:
-            projected_key = self.key_dense(key)  # (B, T or S, N, H)
-            projected_value = self.value_dense(value)  # (B, T or S, N, H)
+            projected_key = _project(self.key_dense, key)  # (B, T or S, N, H)
+            projected_value = _project(self.value_dense, value)  # (B, T or S, N, H)
         if self.rotary is not None:
             projected_query, projected_key = self._rotate(projected_query, projected_key, cache, step, positions)
         scores = None
@@ -382,7 +401,7 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
             )
         if gate is not None:
             mixed = mixed * gate
-        outputs = self.output_dense(mixed)  # (B, T, D)
+        outputs = _project(self.output_dense, mixed)  # (B, T, D)
         if query_mask is not None:
             _compat.set_keras_mask(outputs, query_mask)
         if cache is None:
@@ -430,13 +449,20 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
             visible = attention.build_attention_mask(queries, slots, 0, None, False, None, mask)
             mixed, scores = self._compute_attention(query, cache[0], cache[1], visible, training, return_attention_scores)
             return mixed, scores, cache
+        slots = cache.shape[2]
+        if sliding_window is not None and step is not None and slots is not None and slots < sliding_window:
+            raise ValueError(
+                f"With sliding_window={sliding_window}, a cache needs exactly {sliding_window} slots (a ring buffer, for "
+                f"generation of any length) or at least {sliding_window} (positions in slots, the window as a mask). "
+                f"Received: cache with shape {shapes.format_shape(cache.shape)}"
+            )
         if overridden:
             # the user's attention step over the whole cache, with a mask over the filled slots
             queries = reshaping.dynamic_dims(query)[1]
             if step is None:
-                cache, step = attention.append_cache(cache, key, value)
+                cache, step = kv_cache.append_cache(cache, key, value)
             else:
-                cache = attention.update_cache(cache, key, value, step)
+                cache = kv_cache.update_cache(cache, key, value, step)
             slots = reshaping.dynamic_dims(cache)[2]
             filled = tf.cast(step, tf.int32) + tf.cast(queries, tf.int32)
             visible = attention.build_attention_mask(queries, slots, step, filled, use_causal_mask, sliding_window, mask)
