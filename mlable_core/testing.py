@@ -378,6 +378,12 @@ def _largest_difference(actual: np.ndarray, expected: np.ndarray) -> tuple[float
     return float(difference[index]), tuple(int(i) for i in index)
 
 
+def _bound(expected: np.ndarray, atol: float, rtol: float) -> float:
+    """``atol + rtol * max(1, max |finite expected|)``: float32 errors grow with the size of the values."""
+    finite = np.abs(expected[np.isfinite(expected)]) if expected.size else expected
+    return atol + rtol * max(1.0, float(finite.max()) if finite.size else 1.0)
+
+
 def _describe(array: np.ndarray) -> str:
     return f"array of shape {tuple(array.shape)} and dtype {array.dtype.name}"
 
@@ -427,6 +433,7 @@ def check_cached_decoding(
     cache: Any,
     atol: float = 1e-5,
     rewrite: bool = True,
+    rtol: float = 1e-5,
 ) -> None:
     """Checks that decoding in chunks through a cache gives the outputs of one full pass.
 
@@ -453,10 +460,11 @@ def check_cached_decoding(
         chunk_sizes: positive ints summing to ``S``, e.g. ``(3, 1, 1)`` for a
             prefill of 3 positions then two decoding steps (see the ``chunk_sizes`` strategy).
         cache: the initial cache given to the first ``step_fn`` call.
-        atol: the largest absolute difference allowed.
+        atol: the absolute difference allowed.
         rewrite: run the pass that writes the first chunk twice; it assumes a cache
             of slots (a position written twice holds the last write): switch it off
             for a running state that accumulates by design (an RNN state, a running sum).
+        rtol: the difference allowed relative to ``max(1, max |full-pass output|)``.
 
     Raises:
         ValueError: the chunk sizes are not positive or do not sum to ``S``.
@@ -482,6 +490,8 @@ def check_cached_decoding(
             f"Received: chunk_sizes={sizes}, inputs with shape {tuple(array.shape)}"
         )
     full = _to_numpy(full_fn(array))
+    bound = _bound(full, atol, rtol)
+    tolerance = f"{bound:.3g} (atol={atol:g}, rtol={rtol:g})"
     # the chunking asked for, then one prefill of the whole sequence through the cache
     for chunking in [sizes] + ([(length,)] if sizes != (length,) else []):
         context = f"inputs {_describe(array)}, chunk_sizes={chunking}"
@@ -492,12 +502,12 @@ def check_cached_decoding(
                 f"{tuple(full.shape)}; {context}"
             )
         largest, where = _largest_difference(chunked, full)
-        if largest > atol:
-            first, chunk = _first_difference(chunked, full, chunking, atol)
+        if largest > bound:
+            first, chunk = _first_difference(chunked, full, chunking, bound)
             start = sum(chunking[:chunk])
             raise AssertionError(
                 f"check_cached_decoding: decoding in chunks differs from one full pass: max |difference| = {largest:.3g} "
-                f"> atol={atol:g} at index {where} (chunked {float(chunked[where]):.6g}, full {float(full[where]):.6g}); the first differing "
+                f"> {tolerance} at index {where} (chunked {float(chunked[where]):.6g}, full {float(full[where]):.6g}); the first differing "
                 f"position is {first}, in chunk {chunk} (step={start}, size={chunking[chunk]}); {context}"
             )
     context = f"inputs {_describe(array)}, chunk_sizes={sizes}"
@@ -506,19 +516,44 @@ def check_cached_decoding(
     again, rewritten = _decode(step_fn, array, sizes, cache, context, repeat_first=True)
     first_chunk = full[:, : sizes[0]]
     largest, where = _largest_difference(rewritten, first_chunk) if rewritten is not None and rewritten.shape == first_chunk.shape else (np.inf, ())
-    if largest > atol:
+    if largest > bound:
         raise AssertionError(
             f"check_cached_decoding: writing the first chunk (step=0, size={sizes[0]}) a second time changes its outputs by "
-            f"max |difference| = {largest:.3g} > atol={atol:g} at index {where}: the cache accumulates (or appends) instead of "
+            f"max |difference| = {largest:.3g} > {tolerance} at index {where}: the cache accumulates (or appends) instead of "
             f"overwriting the slots of a step; {context}"
         )
     largest, where = _largest_difference(again, full)
-    if largest > atol:
-        first, chunk = _first_difference(again, full, sizes, atol)
+    if largest > bound:
+        first, chunk = _first_difference(again, full, sizes, bound)
         raise AssertionError(
             f"check_cached_decoding: after the first chunk was written twice, decoding differs from one full pass by max "
-            f"|difference| = {largest:.3g} > atol={atol:g} from position {first} (chunk {chunk}): the cache accumulates "
+            f"|difference| = {largest:.3g} > {tolerance} from position {first} (chunk {chunk}): the cache accumulates "
             f"(or appends) instead of overwriting the slots of a step; {context}"
+        )
+
+
+def _check_dependence(
+    fn: Callable[[Any, Any], Any], array: np.ndarray, base_positions: np.ndarray, atol: float, rtol: float, context: str
+) -> None:
+    """Doubling every distance changes the outputs: on a random normal probe for float inputs (the given ones
+    may be degenerate, e.g. one non-zero position), on the given inputs otherwise."""
+    probe = array
+    if array.dtype.kind == "f":
+        probe = np.random.default_rng(0).standard_normal(array.shape).astype(array.dtype)
+        context += " (the dependence probe: a random normal array of that shape)"
+    elif np.count_nonzero(np.any(array.reshape(array.shape[0], array.shape[1], -1) != 0, axis=(0, 2))) < 2:
+        return  # fewer than two non-zero positions: no pair of positions can interact
+    reference = _to_numpy(fn(probe, base_positions))
+    if not reference.size or not np.isfinite(reference).all() or float(np.max(np.abs(reference))) <= 100 * atol:
+        return  # outside the function's domain, or too small to tell
+    doubled = _to_numpy(fn(probe, 2 * base_positions))
+    largest, _ = _largest_difference(doubled, reference) if doubled.shape == reference.shape else (np.inf, ())
+    bound = _bound(reference, atol, rtol)
+    if largest <= bound:
+        raise AssertionError(
+            f"check_relative_positions: the outputs do not depend on the positions: doubling every distance "
+            f"(positions 2 * arange(S)) changes them by at most {largest:.3g} <= {bound:.3g} (atol={atol:g}, rtol={rtol:g}) "
+            f"(are the positions applied?); {context}"
         )
 
 
@@ -529,6 +564,7 @@ def check_relative_positions(
     atol: float = 1e-4,
     same_position_fn: Callable[[Any], Any] | None = None,
     require_dependence: bool = True,
+    rtol: float = 1e-5,
 ) -> None:
     """Checks that ``fn`` depends on relative positions only: shifting all positions changes nothing.
 
@@ -540,10 +576,12 @@ def check_relative_positions(
 
     Two more properties, which shift invariance alone misses:
 
-    - with ``require_dependence``, doubling every distance (``2 * arange(S)``)
-      must change the outputs: a function that ignores its positions (RoPE never
-      applied) would pass the shift test. Skipped when fewer than two positions
-      of the inputs are non-zero (then no pair of positions can interact);
+    - with ``require_dependence`` (and ``S >= 2``), doubling every distance
+      (``2 * arange(S)``) must change the outputs: a function that ignores its
+      positions (RoPE never applied) would pass the shift test. Float inputs are
+      replaced by a random normal array of their shape for this property (given
+      inputs can be degenerate: one non-zero position interacts with nothing);
+      skipped when the outputs are not finite or within ``100 * atol`` of zero;
     - with ``same_position_fn`` (the same computation without positions, e.g.
       attention scores without RoPE), putting every element at one position
       (``full(S, 5)``) must give ``same_position_fn(inputs)``: queries and keys
@@ -558,6 +596,7 @@ def check_relative_positions(
             positions in float32 lose about ``position * 1e-7``).
         same_position_fn: ``same_position_fn(inputs) -> outputs``, ``fn`` without positions.
         require_dependence: check that the outputs depend on the distances.
+        rtol: the difference allowed relative to ``max(1, max |output|)``.
 
     Raises:
         AssertionError: a property fails; the message gives the positions, the
@@ -573,6 +612,8 @@ def check_relative_positions(
     context = f"inputs {_describe(array)}, S={array.shape[1]}"
     base_positions = np.arange(array.shape[1], dtype=np.int32)
     reference = _to_numpy(fn(array, base_positions))
+    bound = _bound(reference, atol, rtol)
+    tolerance = f"{bound:.3g} (atol={atol:g}, rtol={rtol:g})"
     for shift in shifts:
         shifted = _to_numpy(fn(array, base_positions + np.int32(shift)))
         if shifted.shape != reference.shape:
@@ -581,30 +622,23 @@ def check_relative_positions(
                 f"to {tuple(shifted.shape)}; {context}"
             )
         largest, where = _largest_difference(shifted, reference)
-        if largest > atol:
+        if largest > bound:
             raise AssertionError(
                 f"check_relative_positions: outputs for positions arange(S) + {shift} differ from those for arange(S): "
-                f"max |difference| = {largest:.3g} > atol={atol:g} at index {where} "
+                f"max |difference| = {largest:.3g} > {tolerance} at index {where} "
                 f"(shifted {float(shifted[where]):.6g}, unshifted {float(reference[where]):.6g}): the outputs depend on absolute "
                 f"positions (e.g. RoPE applied before the query / key projections); {context}"
             )
-    active = np.any(array.reshape(array.shape[0], array.shape[1], -1) != 0, axis=(0, 2)).sum()
-    if require_dependence and active >= 2:
-        doubled = _to_numpy(fn(array, 2 * base_positions))
-        largest, _ = _largest_difference(doubled, reference) if doubled.shape == reference.shape else (np.inf, ())
-        if largest <= atol:
-            raise AssertionError(
-                f"check_relative_positions: the outputs do not depend on the positions: doubling every distance "
-                f"(positions 2 * arange(S)) changes them by at most {largest:.3g} <= atol={atol:g} (are the positions applied?); {context}"
-            )
+    if require_dependence and array.shape[1] >= 2:
+        _check_dependence(fn, array, base_positions, atol, rtol, context)
     if same_position_fn is not None:
         expected = _to_numpy(same_position_fn(array))
         same = _to_numpy(fn(array, np.full(array.shape[1], 5, dtype=np.int32)))
         largest, where = _largest_difference(same, expected) if same.shape == expected.shape else (np.inf, ())
-        if largest > atol:
+        if largest > _bound(expected, atol, rtol):
             raise AssertionError(
                 f"check_relative_positions: with every element at position 5 the outputs differ from same_position_fn's by "
-                f"max |difference| = {largest:.3g} > atol={atol:g} at index {where}: queries and keys are not rotated by the "
+                f"max |difference| = {largest:.3g} > {_bound(expected, atol, rtol):.3g} (atol={atol:g}, rtol={rtol:g}) at index {where}: queries and keys are not rotated by the "
                 f"same angle (an off-by-one between their positions?); {context}"
             )
 

@@ -825,8 +825,30 @@ def _check_fit(case: _Case, main: keras.layers.Layer, eager: list[np.ndarray], f
         if not _is_float(first.dtype) or not first.ndim:
             return  # a weightless layer on integer inputs: nothing to train
         dense_units = int(first.shape[-1])  # a Dense in front gives the model weights, which train through the layer
+    problem = _train(case, case.arrays, dense_units, fail)
+    if problem is None:
+        return
+    # all-zero inputs, or one key for a softmax, can leave weights without a gradient: the finding stands only if
+    # random float inputs (integer ones tiled) twice as long on every axis but the last do not train either
+    rng = np.random.default_rng(1)
+    probe = []
+    for array in case.arrays:
+        reps = (2,) * (array.ndim - 1) + (1,) if array.ndim > 1 else (2,) * array.ndim
+        tiled = np.tile(array, reps)
+        probe.append(rng.standard_normal(tiled.shape).astype(array.dtype) if _is_float(array.dtype) else tiled)
+    try:
+        verdict = _train(case, probe, dense_units, fail)
+    except Exception:  # noqa: BLE001 (the layer does not take these shapes: the given inputs decide)
+        verdict = problem
+    if verdict is None:
+        return
+    raise fail(problem + f" (on random inputs of shapes {[tuple(array.shape) for array in probe]} too)")
+
+
+def _train(case: _Case, arrays: Sequence[np.ndarray], dense_units: int | None, fail: Callable[[str], AssertionError]) -> str | None:
+    """Gradients and one compiled training step on ``arrays``: what depends on their values, or ``None``."""
     model = LayerModel(case.new_layer(), case.static_kwargs, list(case.tensor_kwargs), dense_units, case.structure)
-    tensors = case.tensors()
+    tensors = case.tensors(arrays)
     outputs = _flat(model(tensors, training=False))  # builds, so that the weights exist before the first gradient
     weights = list(model.layer.trainable_weights) + ([] if model.dense is None else list(model.dense.trainable_weights))
     dense_weights = [] if model.dense is None else list(model.dense.weights)
@@ -858,7 +880,7 @@ def _check_fit(case: _Case, main: keras.layers.Layer, eager: list[np.ndarray], f
         for index in stuck:
             if not np.any(_to_numpy(later[index])):
                 weight = weights[index]
-                raise fail(
+                return (
                     f"the trainable weight {weight.path} {tuple(weight.shape)} of {owners[index]} gets an all-zero gradient before "
                     f"and after a gradient step, so it never learns (multiplied by zero, a dead ReLU, a softmax over one position?)"
                 )
@@ -872,7 +894,8 @@ def _check_fit(case: _Case, main: keras.layers.Layer, eager: list[np.ndarray], f
         raise fail(f"the compiled (XLA) training step gave the loss {value}")
     after = [_to_numpy(weight) for weight in weights]
     if all(np.array_equal(b, a) for b, a in zip(before, after)):
-        raise fail(f"no trainable weight of the {len(weights)} moved in the compiled (XLA) training step (loss {value:.4g})")
+        return f"no trainable weight of the {len(weights)} moved in the compiled (XLA) training step (loss {value:.4g})"
+    return None
 
 
 # mixed precision ---------------------------------------------------------------------------------

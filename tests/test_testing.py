@@ -605,6 +605,15 @@ def test_check_layer_catches_each_planted_bug(layer_cls, init_kwargs, inputs, pa
         testing.check_layer(layer_cls, init_kwargs, inputs, **parts)
 
 
+def test_check_layer_on_degenerate_inputs_trusts_larger_random_ones_for_training():
+    # x = 0 leaves the kernels of a bias-free layer without a gradient, and a softmax over one key leaves
+    # the query and key kernels of an attention without one: not bugs of the layers
+    testing.check_layer(LowRank, dict(units=3, rank=2), np.zeros((2, 3, 4), "float32"), **only("fit"))
+    testing.check_layer(keras.layers.MultiHeadAttention, dict(num_heads=2, key_dim=2), (X[:1, :1], X[1:, :1]), **only("fit"))
+    with pytest.raises(AssertionError, match=r"check_layer\[fit\] ZeroedKernel: .*all-zero gradient .*\(on random inputs of shapes \[\(4, 6, 4\)\] too\); inputs float32 \(2, 3, 4\)"):
+        testing.check_layer(ZeroedKernel, dict(), np.zeros((2, 3, 4), "float32"), **only("fit"))
+
+
 def test_check_layer_restores_the_dtype_policy_after_a_failure():
     before = keras.config.dtype_policy().name
     with pytest.raises(AssertionError, match="mixed_precision"):
@@ -714,7 +723,7 @@ def test_check_cached_decoding_passes_the_library_cache(case):
 @given(decode_cases())
 def test_check_cached_decoding_catches_an_accumulating_cache(case):
     inputs, chunks, cache = case
-    with pytest.raises(AssertionError, match=r"check_cached_decoding: decoding in chunks differs from one full pass: max \|difference\| = .* > atol=1e-05 .*the first differing position is [0-9]+, in chunk [0-9]+ \(step=[0-9]+, size=[0-9]+\); inputs array of shape"):
+    with pytest.raises(AssertionError, match=r"check_cached_decoding: decoding in chunks differs from one full pass: max \|difference\| = .* > [0-9.e-]+ \(atol=1e-05, rtol=1e-05\) .*the first differing position is [0-9]+, in chunk [0-9]+ \(step=[0-9]+, size=[0-9]+\); inputs array of shape"):
         core_testing.check_cached_decoding(_accumulating_step, _full_pass, inputs, chunks, tf.constant(cache), atol=1e-5)
 
 
@@ -790,7 +799,7 @@ def test_check_relative_positions_passes_rope_on_queries_and_keys(x):
 
 
 POSITION_BUGS = [
-    pytest.param(_rope_before_projection, None, r"check_relative_positions: outputs for positions arange\(S\) \+ 1 differ .* > atol=0.0001 .*depend on absolute positions \(e.g. RoPE applied before the query / key projections\); inputs array of shape \(2, 4, 8\)", id="rope-before-projection"),
+    pytest.param(_rope_before_projection, None, r"check_relative_positions: outputs for positions arange\(S\) \+ 1 differ .* > [0-9.e-]+ \(atol=0.0001, rtol=1e-05\) .*depend on absolute positions \(e.g. RoPE applied before the query / key projections\); inputs array of shape \(2, 4, 8\)", id="rope-before-projection"),
     pytest.param(lambda x, positions: _unrotated_scores(x), None, r"check_relative_positions: the outputs do not depend on the positions: doubling every distance .*are the positions applied", id="positions-ignored"),
     pytest.param(lambda x, positions: _rope_after_projection(x, positions, query_offset=1), _unrotated_scores, r"check_relative_positions: with every element at position 5 the outputs differ from same_position_fn's .*an off-by-one between their positions", id="query-key-off-by-one"),
 ]
