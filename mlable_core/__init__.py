@@ -17,6 +17,10 @@ Nothing here imports Keras. Submodules are loaded on first access, so that
 - ``sampling``: greedy, temperature, top-k, top-p and binary samplers.
 - ``patching``: dynamic patch boundaries (entropy, monotonic, space, stride), pooling between bytes and patches, masks.
 - ``hashing``: polynomial hashes of the byte n-grams ending at each position (hash n-gram embeddings).
+- ``bits``: log2-likelihood sums and byte counts for bits per byte / per character.
+- ``testing``: hypothesis strategies and checkers (cached decoding, relative positions) for users' own
+  property-based suites (``pip install "mlable[test]"``); ``pytest_plugin`` registers its ``ci`` / ``dev``
+  hypothesis profiles.
 
 Every op works eagerly, inside ``tf.function`` and under ``jit_compile=True``,
 but for the string codecs ``text.encode`` and ``text.decode`` (XLA has no strings).
