@@ -281,4 +281,6 @@ def test_a_mixed_policy_reaches_every_sublayer_and_keeps_the_float32_model_withi
     assert logits.dtype == tf.float32
     assert half.create_cache(2, 8)[0].dtype == half.compute_dtype  # the cache in the compute dtype
     expected = MODEL(prompt).numpy()
-    np.testing.assert_allclose(logits.numpy(), expected, atol=0.05 * np.abs(expected).max())
+    # bfloat16 keeps 8 bits of mantissa, float16 11: two blocks of rounding move the logits by a few percent
+    share = {"mixed_float16": 0.02, "mixed_bfloat16": 0.1}[policy]
+    np.testing.assert_allclose(logits.numpy(), expected, atol=share * np.abs(expected).max())
