@@ -479,47 +479,56 @@ def _draws(top_p: float) -> int:
 
 
 class _Blocks:
-    """A softmax over ``(R, V)`` cut into blocks: the logits, the weights, each block's mass, each row's total.
+    """A softmax over ``(R, V)`` cut into blocks: the logits, each row's shift, each block's mass, each row's total.
 
-    ``logits`` are the float32 logits before the temperature: they order the
-    choices as the scaled ones do, and keeping them rather than the scaled
-    ones lets ``softmax`` write over its input in graph mode.
+    The weights ``exp(logits / temperature - shift)`` (unnormalised, the shift
+    being the row's largest scaled logit) are never stored: each pass that needs
+    them recomputes them from the logits, which XLA fuses into the pass, so a
+    draw reads the ``(R, V)`` logits twice (the row maxima, then the block
+    masses) and writes nothing of that size.
     """
 
-    def __init__(self, logits: tf.Tensor, weights: tf.Tensor, masses: tf.Tensor, totals: tf.Tensor, block: int, temperature: float):
+    def __init__(self, logits: tf.Tensor, shift: tf.Tensor, masses: tf.Tensor, totals: tf.Tensor, block: int, temperature: float):
         self.logits = logits  # (R, V'), float32, padded with -inf
-        self.weights = weights  # (R, V' / block, block), float32: softmax(logits / temperature)
-        self.masses = masses  # (R, V' / block), float64
+        self.shift = shift  # (R, 1), float32: the largest scaled logit of the row
+        self.masses = masses  # (R, V' / block), float64: the block sums of the weights
         self.totals = totals  # (R,), float64; NaN for a row without a finite logit
         self.block = block
         self.temperature = temperature
 
     @classmethod
     def of(cls, logits: tf.Tensor, temperature: float) -> _Blocks:
-        """One softmax pass and one block-sum pass over float32 ``logits`` ``(R, V)``."""
+        """A max pass and one fused exp and block-sum pass over float32 ``logits`` ``(R, V)``."""
         rows, vocabulary = dynamic_dims(logits)
         target = DYNAMIC_BLOCK if not isinstance(vocabulary, int) else 1 << max(2, math.ceil(math.log2(math.sqrt(vocabulary))))
         block, count, padding = _layout(vocabulary, target)
         logits = _pad(logits, padding)  # (R, V')
-        weights = tf.reshape(tf.nn.softmax(_scale(logits, temperature), axis=-1), reshape_target([rows, count, block]))  # (R, V' / block, block)
-        masses = tf.cast(tf.reduce_sum(weights, axis=-1), tf.float64)  # (R, V' / block)
-        return cls(logits, weights, masses, tf.reduce_sum(masses, axis=-1), block, temperature)
+        shift = _scale(tf.reduce_max(logits, axis=-1, keepdims=True), temperature)  # (R, 1): max(x) / t == max(x / t)
+        grouped = tf.reshape(logits, reshape_target([rows, count, block]))  # (R, V' / block, block)
+        masses = tf.cast(tf.reduce_sum(tf.exp(_scale(grouped, temperature) - shift[..., None]), axis=-1), tf.float64)
+        return cls(logits, shift, masses, tf.reduce_sum(masses, axis=-1), block, temperature)
+
+    def weights(self, logits: tf.Tensor) -> tf.Tensor:
+        """``exp(logits / temperature - shift)`` for float32 logits ``(R, ...)`` of these rows."""
+        shift = tf.reshape(self.shift, reshape_target([-1] + [1] * (len(logits.shape) - 1)))
+        return tf.exp(_scale(logits, self.temperature) - shift)
 
     def rows(self, picked: tf.Tensor) -> _Blocks:
         """The same for the rows ``picked`` ``(N,)`` only, gathered once."""
-        gathered = (tf.gather(value, picked) for value in (self.logits, self.weights, self.masses, self.totals))
+        gathered = (tf.gather(value, picked) for value in (self.logits, self.shift, self.masses, self.totals))
         return _Blocks(*gathered, self.block, self.temperature)
 
     def draw(self, keys: tf.Tensor, draws: int | tf.Tensor) -> tf.Tensor:
         """Indices ``(R, D)`` drawn from the softmax, for draw numbers ``(R or 1, D)`` (the int 0: ``D = 1``)."""
         block, inside = _inverse_cdf(self.masses, _uniform(keys[:, None], draws))  # (R, D): a block, where in it
-        weights = tf.cast(tf.gather(self.weights, block, batch_dims=1), tf.float64)  # (R, D, block)
+        grouped = tf.reshape(self.logits, reshape_target([dynamic_dims(self.logits)[0], -1, self.block]))
+        weights = tf.cast(self.weights(tf.gather(grouped, block, batch_dims=1)), tf.float64)  # (R, D, block)
         position, _ = _inverse_cdf(weights, inside[..., None])  # (R, D, 1)
         return block * self.block + position[..., 0]
 
     def in_nucleus(self, indices: tf.Tensor, top_p: float) -> tf.Tensor:
         """Whether each drawn index ``(R, D)`` is in the nucleus: the probability strictly above its logit is below ``p``."""
-        weights = tf.reshape(self.weights, reshape_target(dynamic_dims(self.logits)))  # (R, V')
+        weights = self.weights(self.logits)  # (R, V'), fused into the masked sum under XLA
         drawn = tf.gather(self.logits, indices, batch_dims=1)  # (R, D)
         above = tf.reduce_sum(tf.where(self.logits[:, None, :] > drawn[..., None], weights[:, None, :], 0.0), axis=-1)  # (R, D)
         # a row without a valid choice (NaN total) keeps its first draw
@@ -585,7 +594,7 @@ def _exact_nucleus(blocks: _Blocks, keys: tf.Tensor, draws: tf.Tensor, top_p: fl
         draws: ``(N,)`` the number of the uniform each row uses.
     """
     order = tf.cast(_order_keys(blocks.logits), tf.int64)  # (N, V')
-    weights = tf.reshape(blocks.weights, reshape_target(dynamic_dims(blocks.logits)))  # (N, V')
+    weights = blocks.weights(blocks.logits)  # (N, V')
     target = top_p * blocks.totals
 
     def halve(step: tf.Tensor, low: tf.Tensor, high: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -664,8 +673,8 @@ def sample(
     checked against the kept set and drawn again (see the module docstring),
     from a counter-based hash of its seed: see ``uniform``.
 
-    Cost on ``(R, V)`` logits: one softmax pass, a block-sum pass and work on
-    ``sqrt(V)`` entries per row; top-k with ``V >= 64 k`` is instead a
+    Cost on ``(R, V)`` logits: a max pass, a fused exp and block-sum pass
+    (the probabilities are never stored) and work on ``sqrt(V)`` entries per row; top-k with ``V >= 64 k`` is instead a
     block-max pass and ``tf.math.top_k`` on ``16 k`` logits per row, below
     that one comparison pass per checked draw; top-p without top-k adds one
     masked-sum pass and a small pass over the few rows that draw again (about
