@@ -733,10 +733,12 @@ def _compiled_draw(temperature: float, top_k: int | None, nucleus: float | None)
     """``_draw`` for one setting as an XLA-compiled function, for calls inside a ``tf.function`` graph.
 
     Outside XLA, TensorFlow runs every op of the sampler as its own kernel, each
-    writing a new tensor: the softmax pass, the block sums and the nucleus check
-    over ``(R, V)`` logits cost several full passes (5x to 11x ``tf.argmax`` on
-    ``(64, 50000)`` for top-p). Compiled, XLA fuses them into about one pass, as
-    it does when the whole caller is compiled. The function is built once per
+    writing a new tensor: the scaling, the exp, the block sums and the nucleus
+    check over ``(R, V)`` logits each cost a full pass and a full-size output
+    (5x to 11x ``tf.argmax`` on ``(64, 50000)`` for top-p). Compiled, XLA fuses
+    the elementwise work into the reductions (two passes, three with the
+    nucleus check, writing nothing of that size), as it does when the whole
+    caller is compiled. The function is built once per
     setting and compiled by XLA once per logits shape, at the first call.
     """
 
