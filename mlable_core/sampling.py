@@ -67,12 +67,16 @@ MAX_DEPTH = 31
 SMALL_VOCABULARY = 2048
 # top-p and top-k: the rows still drawing after the first round are handled this many at a time
 RETRY_ROWS = 16
+# top-p: the rows drawing again, when at most this many are left
+FEW_ROWS = 4
 # top-p: the most draws a retried row makes per round
 RETRY_DRAWS = 8
 # top-k on vocabularies below 64 k: draws checked against the top k before sorting the row
 TOP_K_DRAWS = 4
 # the block size of the block path when the vocabulary is only known at run time
 DYNAMIC_BLOCK = 256
+# the block path's passes combine this many slices of a row element by element before reducing
+SLICES = 8
 
 # splitmix64 constants, as signed int64 (not every device multiplies uint64)
 _GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15
@@ -478,22 +482,39 @@ def _draws(top_p: float) -> int:
     return max(1, min(RETRY_DRAWS, math.ceil(math.log(0.01) / math.log1p(-top_p))))
 
 
+def _parts(logits: tf.Tensor) -> list[tf.Tensor]:
+    """``(R, SLICES * C)`` as ``SLICES`` consecutive slices ``(R, C)``."""
+    return tf.unstack(tf.reshape(logits, reshape_target([dynamic_dims(logits)[0], SLICES, -1])), axis=1)
+
+
+def _fold(combine: Any, values: list[tf.Tensor]) -> tf.Tensor:
+    """``combine`` over ``values`` element by element: ``combine(combine(v0, v1), v2) ...``."""
+    return functools.reduce(combine, values)
+
+
 class _Blocks:
     """A softmax over ``(R, V)`` cut into blocks: the logits, each row's shift, each block's mass, each row's total.
 
+    Each pass over the rows first combines ``SLICES`` slices of the row
+    element by element (their maxima, the sums of their weights), then
+    reduces the ``V / SLICES`` results: XLA runs an elementwise loop on every
+    thread, a reduction on one, so the costly part (the exps) runs in
+    parallel. A block is ``width`` consecutive columns of the slices,
+    ``SLICES * width`` logits, about ``sqrt(V)``.
+
     The weights ``exp(logits / temperature - shift)`` (unnormalised, the shift
     being the row's largest scaled logit) are never stored: each pass that needs
-    them recomputes them from the logits, which XLA fuses into the pass, so a
-    draw reads the ``(R, V)`` logits twice (the row maxima, then the block
-    masses) and writes nothing of that size.
+    them recomputes them from the logits, fused into the pass, so a draw reads
+    the ``(R, V)`` logits twice (the row maxima, then the block masses) and
+    writes nothing of that size.
     """
 
-    def __init__(self, logits: tf.Tensor, shift: tf.Tensor, masses: tf.Tensor, totals: tf.Tensor, block: int, temperature: float):
-        self.logits = logits  # (R, V'), float32, padded with -inf
+    def __init__(self, logits: tf.Tensor, shift: tf.Tensor, masses: tf.Tensor, totals: tf.Tensor, width: int | tf.Tensor, temperature: float):
+        self.logits = logits  # (R, V'), float32, padded with -inf: V' = SLICES * count * width
         self.shift = shift  # (R, 1), float32: the largest scaled logit of the row
-        self.masses = masses  # (R, V' / block), float64: the block sums of the weights
+        self.masses = masses  # (R, count), float64: the block sums of the weights
         self.totals = totals  # (R,), float64; NaN for a row without a finite logit
-        self.block = block
+        self.width = width  # the columns of a block: block b holds columns [b * width, (b + 1) * width) of every slice
         self.temperature = temperature
 
     @classmethod
@@ -501,12 +522,14 @@ class _Blocks:
         """A max pass and one fused exp and block-sum pass over float32 ``logits`` ``(R, V)``."""
         rows, vocabulary = dynamic_dims(logits)
         target = DYNAMIC_BLOCK if not isinstance(vocabulary, int) else 1 << max(2, math.ceil(math.log2(math.sqrt(vocabulary))))
-        block, count, padding = _layout(vocabulary, target)
-        logits = _pad(logits, padding)  # (R, V')
-        shift = _scale(tf.reduce_max(logits, axis=-1, keepdims=True), temperature)  # (R, 1): max(x) / t == max(x / t)
-        grouped = tf.reshape(logits, reshape_target([rows, count, block]))  # (R, V' / block, block)
-        masses = tf.cast(tf.reduce_sum(tf.exp(_scale(grouped, temperature) - shift[..., None]), axis=-1), tf.float64)
-        return cls(logits, shift, masses, tf.reduce_sum(masses, axis=-1), block, temperature)
+        columns = -(-vocabulary // SLICES)  # ceil(V / SLICES)
+        width, count, padding = _layout(columns, max(1, target // SLICES))
+        logits = _pad(logits, SLICES * (columns + padding) - vocabulary)  # (R, V')
+        parts = _parts(logits)  # SLICES x (R, C)
+        shift = _scale(tf.reduce_max(_fold(tf.maximum, parts), axis=-1, keepdims=True), temperature)  # (R, 1): max(x) / t == max(x / t)
+        summed = _fold(tf.add, [tf.exp(_scale(part, temperature) - shift) for part in parts])  # (R, C)
+        masses = tf.cast(tf.reduce_sum(tf.reshape(summed, reshape_target([rows, count, width])), axis=-1), tf.float64)  # (R, count)
+        return cls(logits, shift, masses, tf.reduce_sum(masses, axis=-1), width, temperature)
 
     def weights(self, logits: tf.Tensor) -> tf.Tensor:
         """``exp(logits / temperature - shift)`` for float32 logits ``(R, ...)`` of these rows."""
@@ -516,21 +539,45 @@ class _Blocks:
     def rows(self, picked: tf.Tensor) -> _Blocks:
         """The same for the rows ``picked`` ``(N,)`` only, gathered once."""
         gathered = (tf.gather(value, picked) for value in (self.logits, self.shift, self.masses, self.totals))
-        return _Blocks(*gathered, self.block, self.temperature)
+        return _Blocks(*gathered, self.width, self.temperature)
 
     def draw(self, keys: tf.Tensor, draws: int | tf.Tensor) -> tf.Tensor:
         """Indices ``(R, D)`` drawn from the softmax, for draw numbers ``(R or 1, D)`` (the int 0: ``D = 1``)."""
         block, inside = _inverse_cdf(self.masses, _uniform(keys[:, None], draws))  # (R, D): a block, where in it
-        grouped = tf.reshape(self.logits, reshape_target([dynamic_dims(self.logits)[0], -1, self.block]))
-        weights = tf.cast(self.weights(tf.gather(grouped, block, batch_dims=1)), tf.float64)  # (R, D, block)
-        position, _ = _inverse_cdf(weights, inside[..., None])  # (R, D, 1)
-        return block * self.block + position[..., 0]
+        rows, count = dynamic_dims(self.masses)
+        view = tf.reshape(self.logits, reshape_target([rows, SLICES, count, self.width]))
+        gathered = tf.transpose(tf.gather(view, block, axis=2, batch_dims=1), [0, 2, 1, 3])  # (R, D, SLICES, width)
+        weights = tf.cast(self.weights(tf.reshape(gathered, reshape_target([rows, -1, SLICES * self.width]))), tf.float64)
+        position, _ = _inverse_cdf(weights, inside[..., None])  # (R, D, 1): slice-major within the block
+        part, column = position[..., 0] // self.width, position[..., 0] % self.width
+        return part * (count * self.width) + block * self.width + column
 
     def in_nucleus(self, indices: tf.Tensor, top_p: float) -> tf.Tensor:
-        """Whether each drawn index ``(R, D)`` is in the nucleus: the probability strictly above its logit is below ``p``."""
-        weights = self.weights(self.logits)  # (R, V'), fused into the masked sum under XLA
-        drawn = tf.gather(self.logits, indices, batch_dims=1)  # (R, D)
-        above = tf.reduce_sum(tf.where(self.logits[:, None, :] > drawn[..., None], weights[:, None, :], 0.0), axis=-1)  # (R, D)
+        """Whether each drawn index ``(R, D)`` is in the nucleus: the probability strictly above its logit is below ``p``.
+
+        The masses above two draws travel as the real and imaginary parts of
+        one complex sum, so that a pass computes each weight once for both.
+        """
+        draws = dynamic_dims(indices)[-1]
+        if draws == 1:
+            drawn = tf.gather(self.logits, indices, batch_dims=1)  # (R, 1)
+            above = tf.reduce_sum(_fold(tf.add, [tf.where(part > drawn, self.weights(part), 0.0) for part in _parts(self.logits)]), axis=-1, keepdims=True)
+            return self._below(above, top_p)
+        if draws % 2:
+            indices = tf.concat([indices, indices[:, -1:]], axis=-1)  # an even count, the last one checked twice
+        drawn = tf.gather(self.logits, indices, batch_dims=1)  # (R, D')
+        pairs = tf.reshape(drawn, reshape_target([dynamic_dims(drawn)[0], -1, 2]))[..., None]  # (R, D' / 2, 2, 1)
+        terms = []
+        for part in _parts(self.logits):
+            weights = self.weights(part)[:, None, :]  # (R, 1, C)
+            above = [tf.where(part[:, None, :] > pairs[:, :, pair], weights, 0.0) for pair in (0, 1)]  # 2 x (R, D' / 2, C)
+            terms.append(tf.complex(*above))
+        summed = tf.reduce_sum(_fold(tf.add, terms), axis=-1)  # (R, D' / 2)
+        above = tf.reshape(tf.stack([tf.math.real(summed), tf.math.imag(summed)], axis=-1), reshape_target([dynamic_dims(drawn)[0], -1]))[:, :draws]
+        return self._below(above, top_p)
+
+    def _below(self, above: tf.Tensor, top_p: float) -> tf.Tensor:
+        """Whether the float32 masses above ``(R, D)`` are below ``p`` times the total."""
         # a row without a valid choice (NaN total) keeps its first draw
         return (tf.cast(above, tf.float64) < top_p * self.totals[:, None]) | ~(self.totals > 0.0)[:, None]
 
@@ -625,26 +672,34 @@ def _sample_nucleus(blocks: _Blocks, keys: tf.Tensor, top_p: float) -> tf.Tensor
     rows, vocabulary = dynamic_dims(blocks.logits)
     draws = _draws(top_p)
     # the first round draws once per row on large vocabularies, where each draw checked costs a pass
-    first_draws = draws if isinstance(vocabulary, int) and vocabulary <= SMALL_VOCABULARY else 1
+    first_draws = draws if isinstance(vocabulary, int) and vocabulary <= SMALL_VOCABULARY else min(2, draws)
     budget = first_draws + 2 * draws
     first = blocks.draw(keys, 0 if first_draws == 1 else tf.range(first_draws, dtype=tf.int32)[None, :])  # (R, D)
     chosen, found = _first(blocks.in_nucleus(first, top_p), first)
     chosen = tf.where(found, chosen, -1)
     tries = tf.fill(tf.shape(chosen), first_draws)
     count = min(RETRY_ROWS, rows) if isinstance(rows, int) else tf.minimum(RETRY_ROWS, rows)
+    few = min(FEW_ROWS, rows) if isinstance(rows, int) else tf.minimum(FEW_ROWS, rows)
 
-    def pick(candidates: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        _, picked = tf.math.top_k(tf.cast(candidates, tf.int32), k=count)  # lower rows first
+    def pick(candidates: tf.Tensor, size: int | tf.Tensor = count) -> tuple[tf.Tensor, tf.Tensor]:
+        _, picked = tf.math.top_k(tf.cast(candidates, tf.int32), k=size)  # lower rows first
         return picked, tf.gather(candidates, picked)
 
-    def retry(chosen: tf.Tensor, tries: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        picked, valid = pick((chosen < 0) & (tries < budget))
+    def redraw(chosen: tf.Tensor, tries: tf.Tensor, size: int | tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        picked, valid = pick((chosen < 0) & (tries < budget), size)
         subset = blocks.rows(picked)
         indices = subset.draw(tf.gather(keys, picked), tf.gather(tries, picked)[:, None] + tf.range(draws, dtype=tf.int32)[None, :])  # (N, D)
         found_index, found = _first(subset.in_nucleus(indices, top_p), indices)
         chosen = tf.tensor_scatter_nd_update(chosen, picked[:, None], tf.where(valid & found, found_index, tf.gather(chosen, picked)))
         tries = tf.tensor_scatter_nd_add(tries, picked[:, None], tf.where(valid, draws, 0))
         return chosen, tries
+
+    def retry(chosen: tf.Tensor, tries: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        if isinstance(rows, int) and rows <= FEW_ROWS:
+            return redraw(chosen, tries, count)
+        # the usual case, a few rows outside: a pass over FEW_ROWS rows rather than RETRY_ROWS
+        waiting = tf.reduce_sum(tf.cast((chosen < 0) & (tries < budget), tf.int32))
+        return tf.cond(waiting <= FEW_ROWS, lambda: redraw(chosen, tries, few), lambda: redraw(chosen, tries, count))
 
     def exact(chosen: tf.Tensor, tries: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         picked, valid = pick(chosen < 0)
