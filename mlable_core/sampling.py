@@ -18,18 +18,25 @@ rounding).
 
 How: one uniform per row drawn by inverse CDF, no noise per logit and no sort
 of the vocabulary. The rows are cut into blocks of about ``sqrt(V)`` logits;
-one pass computes ``softmax`` and the mass of every block, the uniform picks a
+a max pass and an exp pass give the mass of every block, the uniform picks a
 block from the block masses, then an index inside the block (rows of at most
-``SMALL_VOCABULARY`` logits use one cumulative sum instead). Top-k on
-``V >= 64 k`` finds its ``k`` logits among the ``k`` blocks with the largest
-maxima (a block-max pass, then ``tf.math.top_k`` on a sixteenth of the
-vocabulary) and draws among them; on smaller vocabularies it draws from the
-whole softmax and keeps the first of ``TOP_K_DRAWS`` draws that lies in the
-top k, sorting only the rows that all of them miss. Top-p is rejection
+``SMALL_VOCABULARY`` logits use one cumulative sum instead). Each pass first
+combines ``SLICES`` slices of the row element by element, then reduces what
+is left: XLA on CPU spreads an elementwise loop over its threads but runs a
+reduction on one. Top-k on ``V >= 64 k`` finds its ``k`` logits among the
+``k`` blocks with the largest maxima (a block-max pass, then
+``tf.math.top_k`` on ``32 k`` block maxima and on the ``V / 32`` logits of
+the chosen blocks) and draws among them; on smaller vocabularies it draws
+from the whole softmax and keeps the first of ``TOP_K_DRAWS`` draws that lies
+in the top k, sorting only the rows that all of them miss. Top-p is rejection
 sampling: an index drawn from the whole softmax is kept when the probability
 of the logits strictly above it is below ``p`` (which is exactly the nucleus
 rule), else the row draws again; at least a fraction ``p`` of the draws are
-kept. After top-k, top-p works on the ``k`` sorted candidates.
+kept. On large vocabularies the check first reads the columns of the slices
+(``V / SLICES`` maxima and sums, kept from the passes): the weight above a
+drawn logit lies between two bounds from the columns whose maximum is above
+it, which settle most draws; the others take a masked sum over their row.
+After top-k, top-p works on the ``k`` sorted candidates.
 
 Randomness is stateless and counter-based: ``seed`` is an int32 / int64 tensor
 of shape ``(2,)`` (one seed for the call; row ``r`` of the flattened leading
@@ -67,8 +74,10 @@ MAX_DEPTH = 31
 SMALL_VOCABULARY = 2048
 # top-p and top-k: the rows still drawing after the first round are handled this many at a time
 RETRY_ROWS = 16
+# top-p: the relative rounding allowed for when bounds from the columns decide a draw
+CERTIFY_MARGIN = 1e-4
 # top-p: the rows drawing again, when at most this many are left
-FEW_ROWS = 4
+FEW_ROWS = 8
 # top-p: the most draws a retried row makes per round
 RETRY_DRAWS = 8
 # top-k on vocabularies below 64 k: draws checked against the top k before sorting the row
@@ -450,6 +459,13 @@ def _sample_candidates(values: tf.Tensor, indices: tf.Tensor | None, keys: tf.Te
     return tf.gather(indices, position, batch_dims=1)[:, 0]
 
 
+def _ascending(values: tf.Tensor) -> tf.Tensor:
+    """``tf.sort`` of a few distinct int32 values a row ``(R, k)``, by ranks (XLA's sort on CPU costs a millisecond here)."""
+    ranks = tf.reduce_sum(tf.cast(values[:, None, :] < values[:, :, None], tf.int32), axis=-1)  # (R, k): the values below each
+    places = tf.range(dynamic_dims(values)[-1], dtype=tf.int32)
+    return tf.reduce_sum(tf.where(ranks[:, :, None] == places, values[:, :, None], 0), axis=1)  # (R, k)
+
+
 def _largest(logits: tf.Tensor, top_k: int) -> tuple[tf.Tensor, tf.Tensor]:
     """``tf.math.top_k(logits, min(top_k, V))`` on ``(R, V)``, faster on large vocabularies.
 
@@ -464,11 +480,11 @@ def _largest(logits: tf.Tensor, top_k: int) -> tuple[tf.Tensor, tf.Tensor]:
     count = min(top_k, vocabulary) if isinstance(vocabulary, int) else tf.minimum(top_k, vocabulary)
     if not isinstance(vocabulary, int) or vocabulary < 64 * top_k:
         return tf.math.top_k(logits, k=count)
-    block, blocks, padding = _layout(vocabulary, vocabulary // (16 * top_k))
+    block, blocks, padding = _layout(vocabulary, vocabulary // (32 * top_k))
     rows = dynamic_dims(logits)[0]
     grouped = tf.reshape(_pad(logits, padding), reshape_target([rows, blocks, block]))  # (R, V / block, block)
     _, chosen = tf.math.top_k(tf.reduce_max(grouped, axis=-1), k=top_k)  # (R, k)
-    chosen = tf.sort(chosen, axis=-1)  # index order, so that top_k breaks ties toward lower indices
+    chosen = _ascending(chosen)  # index order, so that top_k breaks ties toward lower indices
     gathered = tf.reshape(tf.gather(grouped, chosen, batch_dims=1), reshape_target([rows, top_k * block]))  # (R, k * block)
     values, positions = tf.math.top_k(gathered, k=top_k)  # (R, k)
     starts = tf.gather(chosen, positions // block, batch_dims=1)
@@ -503,19 +519,31 @@ class _Blocks:
     ``SLICES * width`` logits, about ``sqrt(V)``.
 
     The weights ``exp(logits / temperature - shift)`` (unnormalised, the shift
-    being the row's largest scaled logit) are never stored: each pass that needs
-    them recomputes them from the logits, fused into the pass, so a draw reads
-    the ``(R, V)`` logits twice (the row maxima, then the block masses) and
-    writes nothing of that size.
+    being the row's largest scaled logit) are written as expressions of the
+    logits, each pass recomputing them; XLA keeps the slices' weights in
+    memory when a later pass reads them too. The columns (``tops`` and
+    ``columns``, one per column of the slices) stay for top-p's bounds.
     """
 
-    def __init__(self, logits: tf.Tensor, shift: tf.Tensor, masses: tf.Tensor, totals: tf.Tensor, width: int | tf.Tensor, temperature: float):
-        self.logits = logits  # (R, V'), float32, padded with -inf: V' = SLICES * count * width
+    def __init__(
+        self,
+        logits: tf.Tensor,
+        shift: tf.Tensor,
+        masses: tf.Tensor,
+        totals: tf.Tensor,
+        width: int | tf.Tensor,
+        temperature: float,
+        tops: tf.Tensor,
+        columns: tf.Tensor,
+    ):
+        self.logits = logits  # (R, V'), float32, padded with -inf: V' = SLICES * C, C = count * width
         self.shift = shift  # (R, 1), float32: the largest scaled logit of the row
         self.masses = masses  # (R, count), float64: the block sums of the weights
         self.totals = totals  # (R,), float64; NaN for a row without a finite logit
         self.width = width  # the columns of a block: block b holds columns [b * width, (b + 1) * width) of every slice
         self.temperature = temperature
+        self.tops = tops  # (R, C), float32: each column's largest logit (column c: the logits c, C + c, 2 C + c, ...)
+        self.columns = columns  # (R, C), float32: each column's sum of weights
 
     @classmethod
     def of(cls, logits: tf.Tensor, temperature: float) -> _Blocks:
@@ -526,10 +554,11 @@ class _Blocks:
         width, count, padding = _layout(columns, max(1, target // SLICES))
         logits = _pad(logits, SLICES * (columns + padding) - vocabulary)  # (R, V')
         parts = _parts(logits)  # SLICES x (R, C)
-        shift = _scale(tf.reduce_max(_fold(tf.maximum, parts), axis=-1, keepdims=True), temperature)  # (R, 1): max(x) / t == max(x / t)
+        tops = _fold(tf.maximum, parts)  # (R, C)
+        shift = _scale(tf.reduce_max(tops, axis=-1, keepdims=True), temperature)  # (R, 1): max(x) / t == max(x / t)
         summed = _fold(tf.add, [tf.exp(_scale(part, temperature) - shift) for part in parts])  # (R, C)
         masses = tf.cast(tf.reduce_sum(tf.reshape(summed, reshape_target([rows, count, width])), axis=-1), tf.float64)  # (R, count)
-        return cls(logits, shift, masses, tf.reduce_sum(masses, axis=-1), width, temperature)
+        return cls(logits, shift, masses, tf.reduce_sum(masses, axis=-1), width, temperature, tops, summed)
 
     def weights(self, logits: tf.Tensor) -> tf.Tensor:
         """``exp(logits / temperature - shift)`` for float32 logits ``(R, ...)`` of these rows."""
@@ -538,8 +567,8 @@ class _Blocks:
 
     def rows(self, picked: tf.Tensor) -> _Blocks:
         """The same for the rows ``picked`` ``(N,)`` only, gathered once."""
-        gathered = (tf.gather(value, picked) for value in (self.logits, self.shift, self.masses, self.totals))
-        return _Blocks(*gathered, self.width, self.temperature)
+        logits, shift, masses, totals, tops, columns = (tf.gather(value, picked) for value in (self.logits, self.shift, self.masses, self.totals, self.tops, self.columns))
+        return _Blocks(logits, shift, masses, totals, self.width, self.temperature, tops, columns)
 
     def draw(self, keys: tf.Tensor, draws: int | tf.Tensor) -> tf.Tensor:
         """Indices ``(R, D)`` drawn from the softmax, for draw numbers ``(R or 1, D)`` (the int 0: ``D = 1``)."""
@@ -575,6 +604,30 @@ class _Blocks:
         summed = tf.reduce_sum(_fold(tf.add, terms), axis=-1)  # (R, D' / 2)
         above = tf.reshape(tf.stack([tf.math.real(summed), tf.math.imag(summed)], axis=-1), reshape_target([dynamic_dims(drawn)[0], -1]))[:, :draws]
         return self._below(above, top_p)
+
+    def certify(self, indices: tf.Tensor, top_p: float) -> tuple[tf.Tensor, tf.Tensor]:
+        """Which draws ``(R, D)`` are surely in the nucleus, and which surely outside, from the columns alone.
+
+        The weight above a drawn logit lies in the columns whose largest logit
+        is above it: at most their whole weight, at least their largest
+        weights. When the first bound is below ``p`` times the total the draw
+        is in; when the second reaches it, out; else (from none to about 1
+        draw in 10 on normal logits of spread 3 to 10 over 50 000 entries)
+        only the masked sum over the row (``in_nucleus``) tells. A pass over
+        ``V / SLICES`` columns instead of ``V`` logits.
+        """
+        drawn = tf.gather(self.logits, indices, batch_dims=1)  # (R, D)
+        bounds = []
+        for draw in range(indices.shape[-1]):  # a few draws: a sum over (R, C) each, no (R, D, C) broadcast
+            above = self.tops > drawn[:, draw : draw + 1]  # (R, C)
+            bounds.append(tf.reduce_sum(tf.complex(tf.where(above, self.columns, 0.0), tf.where(above, self.weights(self.tops), 0.0)), axis=-1))
+        bounds = tf.stack(bounds, axis=-1)  # (R, D): the most as the real part, the least as the imaginary part
+        most, least = tf.math.real(bounds), tf.math.imag(bounds)
+        target = top_p * self.totals[:, None]  # (R, 1), float64
+        # a margin for the rounding of the two sums; NaN bounds (a row without a valid choice) decide nothing
+        inside = tf.cast(most, tf.float64) * (1.0 + CERTIFY_MARGIN) < target
+        outside = tf.cast(least, tf.float64) >= target * (1.0 + CERTIFY_MARGIN)
+        return inside, outside
 
     def _below(self, above: tf.Tensor, top_p: float) -> tf.Tensor:
         """Whether the float32 masses above ``(R, D)`` are below ``p`` times the total."""
@@ -663,11 +716,16 @@ def _sample_nucleus(blocks: _Blocks, keys: tf.Tensor, top_p: float) -> tf.Tensor
 
     Row ``r`` keeps its first draw (number 0, 1, ...) that lies in the
     nucleus, so the result does not depend on the other rows. The first round
-    checks one draw of every row (``_draws(p)`` on small vocabularies); the
-    next ones take ``RETRY_ROWS`` rows still drawing at a time, ``_draws(p)``
-    draws each, twice at most; a row still outside then draws from its
-    nucleus found exactly (``_exact_nucleus``), which costs 32 masked sums over
-    the row. Either way the draw follows the nucleus's renormalised softmax.
+    checks two draws of every row (``_draws(p)`` on small vocabularies, with
+    masked sums): on large vocabularies the column bounds (``certify``) settle
+    most of them, and a row stops at its first draw they do not put surely
+    outside, taking it when surely inside. The next rounds take the rows still
+    drawing, ``FEW_ROWS`` at a time when at most that many are left, else
+    ``RETRY_ROWS``, and check ``_draws(p)`` draws each from the first one not
+    settled, with masked sums, twice at most; a row still outside then draws
+    from its nucleus found exactly (``_exact_nucleus``), which costs 32 masked
+    sums over the row. Either way the draw follows the nucleus's renormalised
+    softmax, whichever rows share the call.
     """
     rows, vocabulary = dynamic_dims(blocks.logits)
     draws = _draws(top_p)
@@ -675,9 +733,19 @@ def _sample_nucleus(blocks: _Blocks, keys: tf.Tensor, top_p: float) -> tf.Tensor
     first_draws = draws if isinstance(vocabulary, int) and vocabulary <= SMALL_VOCABULARY else min(2, draws)
     budget = first_draws + 2 * draws
     first = blocks.draw(keys, 0 if first_draws == 1 else tf.range(first_draws, dtype=tf.int32)[None, :])  # (R, D)
-    chosen, found = _first(blocks.in_nucleus(first, top_p), first)
-    chosen = tf.where(found, chosen, -1)
-    tries = tf.fill(tf.shape(chosen), first_draws)
+    if isinstance(vocabulary, int) and vocabulary <= SMALL_VOCABULARY:
+        chosen, found = _first(blocks.in_nucleus(first, top_p), first)
+        chosen = tf.where(found, chosen, -1)
+        tries = tf.fill(tf.shape(chosen), first_draws)
+    else:
+        # the columns decide most draws; a row stops at its first draw not surely outside, taken when surely inside,
+        # else (undecided, or every draw outside) it draws again from there with the masked sums
+        inside, outside = blocks.certify(first, top_p)
+        position = tf.argmax(tf.cast(~outside, tf.int32), axis=-1, output_type=tf.int32)  # (R,): the first not surely outside
+        pending = tf.reduce_any(~outside, axis=-1)
+        taken = pending & tf.gather(inside, position[:, None], batch_dims=1)[:, 0]
+        chosen = tf.where(taken, tf.gather(first, position[:, None], batch_dims=1)[:, 0], -1)
+        tries = tf.where(pending, position, first_draws)
     count = min(RETRY_ROWS, rows) if isinstance(rows, int) else tf.minimum(RETRY_ROWS, rows)
     few = min(FEW_ROWS, rows) if isinstance(rows, int) else tf.minimum(FEW_ROWS, rows)
 
@@ -728,12 +796,12 @@ def sample(
     checked against the kept set and drawn again (see the module docstring),
     from a counter-based hash of its seed: see ``uniform``.
 
-    Cost on ``(R, V)`` logits: a max pass, a fused exp and block-sum pass
-    (the probabilities are never stored) and work on ``sqrt(V)`` entries per row; top-k with ``V >= 64 k`` is instead a
-    block-max pass and ``tf.math.top_k`` on ``16 k`` logits per row, below
-    that one comparison pass per checked draw; top-p without top-k adds one
-    masked-sum pass and a small pass over the few rows that draw again (about
-    a fraction ``1 - p`` of them).
+    Cost on ``(R, V)`` logits: a max pass, an exp and block-sum pass and
+    work on ``sqrt(V)`` entries per row; top-k with ``V >= 64 k`` is instead
+    a block-max pass and ``tf.math.top_k`` on ``32 k`` block maxima and
+    ``V / 32`` logits per row, below that one comparison pass per checked
+    draw; top-p without top-k adds a pass over ``V / 8`` column bounds and a
+    masked-sum pass over the few rows they leave undecided or outside.
 
     Args:
         logits: a float tensor of shape ``(..., V)``; may contain ``-inf``.
@@ -791,10 +859,10 @@ def _compiled_draw(temperature: float, top_k: int | None, nucleus: float | None)
     writing a new tensor: the scaling, the exp, the block sums and the nucleus
     check over ``(R, V)`` logits each cost a full pass and a full-size output
     (5x to 11x ``tf.argmax`` on ``(64, 50000)`` for top-p). Compiled, XLA fuses
-    the elementwise work into the reductions (two passes, three with the
-    nucleus check, writing nothing of that size), as it does when the whole
-    caller is compiled. The function is built once per
-    setting and compiled by XLA once per logits shape, at the first call.
+    the elementwise work of each pass into one loop and runs the loops over the
+    slices of the rows on all its threads, as it does when the whole caller is
+    compiled. The function is built once per setting and compiled by XLA once
+    per logits shape, at the first call.
     """
 
     @tf.function(jit_compile=True, autograph=False)

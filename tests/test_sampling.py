@@ -473,6 +473,42 @@ def test_large_vocabulary_with_a_tie_straddling_the_nucleus():
     assert (samples > LARGE // 2).any() and (samples[:, 0] != 0).sum() > 100
 
 
+
+def bounded_rows(scale: float, rows: int = 24) -> np.ndarray:
+    """Normal logits of a spread, and rows a model gives or that stress ties: rounded (many ties), some -inf, all tied, one spike."""
+    rng = np.random.default_rng(int(scale * 10))
+    logits = rng.normal(size=(rows, LARGE)) * scale
+    logits[:4] = np.round(logits[:4])
+    logits[4:7, ::7] = -np.inf
+    logits[7] = 1.5
+    logits[8, 123] = logits[8].max() + 12.0
+    return logits.astype(np.float32)
+
+
+@pytest.mark.parametrize("scale,temperature,p", [(0.3, 1.0, 0.9), (3.0, 1.0, 0.9), (6.0, 0.7, 0.5), (10.0, 1.3, 0.95), (3.0, 1.0, 0.2)])
+def test_column_bounds_agree_with_the_masked_sums_and_numpy(scale, temperature, p):
+    # top-p on a large vocabulary settles most draws with bounds from the columns of the row; a draw they settle
+    # must be settled the same way by the masked sum over the row and by a float64 numpy nucleus
+    logits = bounded_rows(scale)
+    blocks = sampling._Blocks.of(tf.constant(logits), temperature)
+    keys = sampling._row_keys(SEED, [logits.shape[0]])
+    drawn = blocks.draw(keys, tf.range(6, dtype=tf.int32)[None, :]).numpy()  # (R, 6)
+    inside, outside = (value.numpy() for value in blocks.certify(tf.constant(drawn), p))
+    exact = blocks.in_nucleus(tf.constant(drawn), p).numpy()
+    allowed, margins = top_p_allowed(logits.astype(np.float64) / temperature, p)
+    chosen = np.take_along_axis(allowed, drawn, axis=-1)
+    assert not (inside & outside).any()
+    assert not (inside & ~exact).any() and not (outside & exact).any()
+    clear = margins[:, None] > 1e-6  # rows whose nucleus float rounding cannot move
+    assert not (inside & ~chosen & clear).any() and not (outside & chosen & clear).any()
+    if scale >= 3.0:
+        assert (inside | outside).mean() > 0.6  # they settle most draws on spread logits
+
+
+def test_ascending_is_a_sort():
+    values = np.stack([np.random.default_rng(seed).permutation(5000)[:50] for seed in range(6)]).astype(np.int32)
+    np.testing.assert_array_equal(sampling._ascending(tf.constant(values)).numpy(), np.sort(values, axis=-1))
+
 # reproducibility and per-row seeds -------------------------------------------------------------
 
 EQUALITY_CASES = [dict(), dict(temperature=0.7), dict(top_k=3), dict(top_p=0.6), dict(top_k=40, top_p=0.8), dict(temperature=1.3, top_p=0.95)]
