@@ -729,7 +729,7 @@ def _sample_nucleus(blocks: _Blocks, keys: tf.Tensor, top_p: float) -> tf.Tensor
     """
     rows, vocabulary = dynamic_dims(blocks.logits)
     draws = _draws(top_p)
-    # the first round draws once per row on large vocabularies, where each draw checked costs a pass
+    # large vocabularies: two draws a row, which the column bounds settle mostly without a pass over the row
     first_draws = draws if isinstance(vocabulary, int) and vocabulary <= SMALL_VOCABULARY else min(2, draws)
     budget = first_draws + 2 * draws
     first = blocks.draw(keys, 0 if first_draws == 1 else tf.range(first_draws, dtype=tf.int32)[None, :])  # (R, D)
