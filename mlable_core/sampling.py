@@ -716,10 +716,12 @@ def _sample_nucleus(blocks: _Blocks, keys: tf.Tensor, top_p: float) -> tf.Tensor
 
     Row ``r`` keeps its first draw (number 0, 1, ...) that lies in the
     nucleus, so the result does not depend on the other rows. The first round
-    checks two draws of every row (``_draws(p)`` on small vocabularies, with
-    masked sums): on large vocabularies the column bounds (``certify``) settle
-    most of them, and a row stops at its first draw they do not put surely
-    outside, taking it when surely inside. The next rounds take the rows still
+    checks ``_draws(p)`` draws of every row with masked sums on small
+    vocabularies; on large ones it checks one draw a row with the column
+    bounds (``certify``), which settle most draws: a row keeps its draw when
+    surely inside, and draws again from it when undecided, from the next one
+    when surely outside (a second draw a row cost more in bound sums than the
+    rows it saved from the next round). The next rounds take the rows still
     drawing, ``FEW_ROWS`` at a time when at most that many are left, else
     ``RETRY_ROWS``, and check ``_draws(p)`` draws each from the first one not
     settled, with masked sums, twice at most; a row still outside then draws
@@ -729,8 +731,8 @@ def _sample_nucleus(blocks: _Blocks, keys: tf.Tensor, top_p: float) -> tf.Tensor
     """
     rows, vocabulary = dynamic_dims(blocks.logits)
     draws = _draws(top_p)
-    # large vocabularies: two draws a row, which the column bounds settle mostly without a pass over the row
-    first_draws = draws if isinstance(vocabulary, int) and vocabulary <= SMALL_VOCABULARY else min(2, draws)
+    # large vocabularies: one draw a row, which the column bounds settle mostly without a pass over the row
+    first_draws = draws if isinstance(vocabulary, int) and vocabulary <= SMALL_VOCABULARY else 1
     budget = first_draws + 2 * draws
     first = blocks.draw(keys, 0 if first_draws == 1 else tf.range(first_draws, dtype=tf.int32)[None, :])  # (R, D)
     if isinstance(vocabulary, int) and vocabulary <= SMALL_VOCABULARY:
@@ -738,14 +740,11 @@ def _sample_nucleus(blocks: _Blocks, keys: tf.Tensor, top_p: float) -> tf.Tensor
         chosen = tf.where(found, chosen, -1)
         tries = tf.fill(tf.shape(chosen), first_draws)
     else:
-        # the columns decide most draws; a row stops at its first draw not surely outside, taken when surely inside,
-        # else (undecided, or every draw outside) it draws again from there with the masked sums
-        inside, outside = blocks.certify(first, top_p)
-        position = tf.argmax(tf.cast(~outside, tf.int32), axis=-1, output_type=tf.int32)  # (R,): the first not surely outside
-        pending = tf.reduce_any(~outside, axis=-1)
-        taken = pending & tf.gather(inside, position[:, None], batch_dims=1)[:, 0]
-        chosen = tf.where(taken, tf.gather(first, position[:, None], batch_dims=1)[:, 0], -1)
-        tries = tf.where(pending, position, first_draws)
+        # the columns decide most draws: a draw surely inside is taken; an undecided one is checked again with the
+        # masked sums (the row's next round starts at draw 0), a row whose draw is surely outside goes on from draw 1
+        inside, outside = blocks.certify(tf.reshape(first, [-1, 1]), top_p)  # (R, 1) each
+        chosen = tf.where(inside[:, 0], first[:, 0], -1)
+        tries = tf.cast(outside[:, 0], tf.int32)
     count = min(RETRY_ROWS, rows) if isinstance(rows, int) else tf.minimum(RETRY_ROWS, rows)
     few = min(FEW_ROWS, rows) if isinstance(rows, int) else tf.minimum(FEW_ROWS, rows)
 
