@@ -505,6 +505,31 @@ def test_column_bounds_agree_with_the_masked_sums_and_numpy(scale, temperature, 
         assert (inside | outside).mean() > 0.6  # they settle most draws on spread logits
 
 
+
+@pytest.mark.parametrize("scale,temperature,p", [(3.0, 1.0, 0.9), (6.0, 0.7, 0.5), (3.0, 1.0, 0.2)])
+def test_top_p_keeps_the_first_draw_in_the_nucleus(scale, temperature, p):
+    # the rejection rule, whichever way a draw is settled (column bounds, masked sums, later rounds): each row
+    # returns its first draw (numbers 0, 1, ...) inside the nucleus, checked here against a float64 numpy nucleus
+    logits = bounded_rows(scale, rows=128)
+    blocks = sampling._Blocks.of(tf.constant(logits), temperature)
+    keys = sampling._row_keys(SEED, [logits.shape[0]])
+    budget = 1 + 2 * sampling._draws(p)  # the draws checked by rejection before the exact nucleus
+    drawn = blocks.draw(keys, tf.range(budget, dtype=tf.int32)[None, :]).numpy()  # (R, budget)
+    allowed, margins = top_p_allowed(logits.astype(np.float64) / temperature, p)
+    inside = np.take_along_axis(allowed, drawn, axis=-1)
+    rows = np.flatnonzero((margins > 1e-6) & inside.any(axis=-1))  # a clear nucleus, drawn within the budget
+    assert len(rows) >= len(logits) // 2
+    expected = drawn[rows, np.argmax(inside[rows], axis=-1)]
+    kwargs = dict(temperature=temperature, top_p=p)
+    np.testing.assert_array_equal(sampling.sample(logits, SEED, **kwargs).numpy()[rows], expected)
+    np.testing.assert_array_equal(sampler(kwargs, False)(logits, SEED).numpy()[rows], expected)
+    if p == 0.9:
+        # both ways past the column bounds occur: a first draw left undecided that the masked sum keeps, and rows
+        # that go on to a later draw
+        certain = np.logical_or(*(value.numpy()[:, 0] for value in blocks.certify(tf.constant(drawn[:, :1]), p)))
+        assert (~certain[rows] & inside[rows, 0]).any()
+        assert (np.argmax(inside[rows], axis=-1) > 0).any()
+
 def test_ascending_is_a_sort():
     values = np.stack([np.random.default_rng(seed).permutation(5000)[:50] for seed in range(6)]).astype(np.int32)
     np.testing.assert_array_equal(sampling._ascending(tf.constant(values)).numpy(), np.sort(values, axis=-1))
