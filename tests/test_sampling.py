@@ -448,6 +448,24 @@ def test_top_k_when_most_draws_miss_it():
     np.testing.assert_array_equal(draws(np.zeros((1, 300), np.float32), 100, top_k=1), 0)
 
 
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["graph", "xla"])
+def test_top_k_on_a_large_vocabulary_when_draws_miss_it(compiled):
+    # top-k on V >= 64 k draws from the k blocks with the largest maxima and keeps a draw ranked below k among them;
+    # here the top 3 hold about half of their blocks' probability, so about 1 row in 20 misses all four draws and
+    # ranks its candidates instead; index 3000 lies in the last block, padded with -inf
+    logits = np.zeros((1, LARGE), np.float32)
+    logits[0, [40, 3000, 2100]] = np.log([60.0, 30.0, 10.0])
+    expected = np.zeros(LARGE)
+    expected[[40, 3000, 2100]] = [0.6, 0.3, 0.1]
+    check_frequencies(draws(logits, 6000, compiled=compiled, top_k=3), expected)
+    # all tied: the top k are the k lowest indices, although almost every draw among the candidates misses them
+    tied = np.zeros((1, LARGE), np.float32)
+    np.testing.assert_array_equal(draws(tied, 200, compiled=compiled, top_k=1), 0)
+    uniform = np.zeros(LARGE)
+    uniform[:3] = 1 / 3
+    check_frequencies(draws(tied, 3000, compiled=compiled, top_k=3), uniform)
+
 @pytest.mark.parametrize("compiled", [False, True], ids=["graph", "xla"])
 def test_a_tiny_nucleus_is_found_exactly(compiled):
     # p = 0.006 keeps 2 tokens holding 0.7% of the probability: nearly every draw misses them, so after
@@ -537,8 +555,8 @@ def test_ascending_is_a_sort():
 # reproducibility and per-row seeds -------------------------------------------------------------
 
 EQUALITY_CASES = [dict(), dict(temperature=0.7), dict(top_k=3), dict(top_p=0.6), dict(top_k=40, top_p=0.8), dict(temperature=1.3, top_p=0.95)]
-# one per path (temperature, top-k then top-p, top-p): an XLA compilation each
-XLA_CASES = [EQUALITY_CASES[index] for index in (1, 4, 5)]
+# one per path (temperature, top-k, top-k then top-p, top-p): an XLA compilation each
+XLA_CASES = [EQUALITY_CASES[index] for index in (1, 2, 4, 5)]
 
 
 @pytest.mark.parametrize("vocabulary", [300, LARGE])
