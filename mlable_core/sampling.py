@@ -696,11 +696,16 @@ def _sample_top_k_blocks(logits: tf.Tensor, keys: tf.Tensor, top_k: int, tempera
     ``TOP_K_DRAWS`` draws per row from the softmax of the logits of the ``k``
     blocks of ``_candidate_blocks`` (a block by its mass, then a logit in it);
     a draw is kept when fewer than ``k`` candidates come before it (larger, or
-    tied at a lower index). That rank among the candidates is its rank in the
-    row: a drawn logit at or above the smallest chosen block maximum has every
-    larger logit among the candidates (the other blocks' maxima are at most
-    that one), and the tied logits outside lie in higher blocks; a drawn logit
-    below it has the ``k`` chosen maxima above it, and is rejected either way.
+    tied at a lower index). That decides as the rank in the row would. Let
+    ``m`` be the smallest chosen block maximum: the blocks left out have
+    maxima at most ``m``, and those equal to ``m`` come after the chosen ones
+    of maximum ``m``. A drawn logit above ``m`` has every logit at or above
+    it among the candidates. A drawn logit equal to ``m`` has every larger
+    logit among them, and a tied logit left out lies either in a higher block
+    than the draw, or in a block below it but above every chosen block of
+    maximum ``m``, whose maxima then rank, with the larger ones, ``k``
+    candidates before the draw. A drawn logit below ``m`` has the ``k``
+    chosen maxima above it. So a draw is kept exactly when it is in the top k.
     This replaces ``tf.math.top_k`` on the ``k * block`` candidates (on CPU a
     partial sort, half a millisecond on ``(64, 1550)``). A row whose draws all
     miss (its top k hold little of its candidates' probability) then ranks its
