@@ -465,6 +465,14 @@ def test_top_k_on_a_large_vocabulary_when_draws_miss_it(compiled):
     uniform = np.zeros(LARGE)
     uniform[:3] = 1 / 3
     check_frequencies(draws(tied, 3000, compiled=compiled, top_k=3), uniform)
+    # a tie left out below the draw: blocks 0 and 2 both have the maximum 3, block 5 holds 5 and another 3; top 2 =
+    # the 5 and block 0's 3 (the lower index); block 5's 3 is a candidate but ranks third (after block 0's 3)
+    block = sampling._layout(LARGE, LARGE // (32 * 2))[0]
+    spread = np.full((1, LARGE), -np.inf, np.float32)
+    spread[0, [0, 2 * block, 5 * block, 5 * block + 1]] = [3.0, 3.0, 5.0, 3.0]
+    expected = np.zeros(LARGE)
+    expected[[5 * block, 0]] = np.exp([5.0, 3.0]) / np.exp([5.0, 3.0]).sum()
+    check_frequencies(draws(spread, 3000, compiled=compiled, top_k=2), expected)
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["graph", "xla"])
 def test_a_tiny_nucleus_is_found_exactly(compiled):
