@@ -657,13 +657,35 @@ def _first(accepted: tf.Tensor, indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tenso
     return tf.gather(indices, position[:, None], batch_dims=1)[:, 0], tf.reduce_any(accepted, axis=-1)
 
 
-def _in_top_k(blocks: _Blocks, indices: tf.Tensor, top_k: int) -> tf.Tensor:
-    """Whether each drawn index ``(R, D)`` is among the ``k`` largest logits (ties: the lower indices)."""
-    drawn = tf.gather(blocks.logits, indices, batch_dims=1)[..., None]  # (R, D, 1)
-    logits = blocks.logits[:, None, :]  # (R, 1, V')
-    positions = tf.range(dynamic_dims(blocks.logits)[-1], dtype=indices.dtype)
-    before = (logits > drawn) | ((logits == drawn) & (positions < indices[..., None]))  # (R, D, V')
+def _in_top_k(logits: tf.Tensor, positions: tf.Tensor, top_k: int) -> tf.Tensor:
+    """Whether the drawn positions ``(R, D)`` of ``(R, V)`` logits are among the ``k`` largest (ties: the lower positions)."""
+    drawn = tf.gather(logits, positions, batch_dims=1)[..., None]  # (R, D, 1)
+    values = logits[:, None, :]  # (R, 1, V)
+    places = tf.range(dynamic_dims(logits)[-1], dtype=positions.dtype)
+    before = (values > drawn) | ((values == drawn) & (places < positions[..., None]))  # (R, D, V)
     return tf.reduce_sum(tf.cast(before, tf.int32), axis=-1) < top_k
+
+
+def _rank_missing(chosen: tf.Tensor, logits: tf.Tensor, keys: tf.Tensor, top_k: int, temperature: float, index: Any = None) -> tf.Tensor:
+    """Top-k's fallback: the rows whose draws all missed (``chosen < 0``) rank their logits and draw among the top k.
+
+    ``tf.math.top_k`` on those rows of ``(R, V)`` logits, ``RETRY_ROWS`` rows
+    at a time, then a draw with uniform number ``TOP_K_DRAWS``; ``index``
+    maps ``(rows picked (N,), positions (N, k))`` to vocabulary indices (by
+    default the positions are the indices).
+    """
+    rows = dynamic_dims(logits)[0]
+    count = min(RETRY_ROWS, rows) if isinstance(rows, int) else tf.minimum(RETRY_ROWS, rows)
+
+    def exact(chosen: tf.Tensor) -> tuple[tf.Tensor]:
+        missing = chosen < 0
+        _, picked = tf.math.top_k(tf.cast(missing, tf.int32), k=count)  # rows still drawing, lower rows first
+        values, positions = tf.math.top_k(tf.gather(logits, picked), k=top_k)  # (N, k)
+        indices = positions if index is None else index(picked, positions)
+        drawn = _sample_candidates(values, indices, tf.gather(keys, picked), temperature, None, draw=TOP_K_DRAWS)
+        return (tf.tensor_scatter_nd_update(chosen, picked[:, None], tf.where(tf.gather(missing, picked), drawn, tf.gather(chosen, picked))),)
+
+    return tf.while_loop(lambda chosen: tf.reduce_any(chosen < 0), exact, (chosen,))[0]
 
 
 def _sample_top_k(blocks: _Blocks, keys: tf.Tensor, top_k: int) -> tf.Tensor:
@@ -674,20 +696,9 @@ def _sample_top_k(blocks: _Blocks, keys: tf.Tensor, top_k: int) -> tf.Tensor:
     at a time. Either way the draw follows the top k's renormalised softmax,
     and depends on the row's seed and logits only.
     """
-    rows = dynamic_dims(blocks.logits)[0]
     first = blocks.draw(keys, tf.range(TOP_K_DRAWS, dtype=tf.int32)[None, :])  # (R, D)
-    chosen, found = _first(_in_top_k(blocks, first, top_k), first)
-    chosen = tf.where(found, chosen, -1)
-    count = min(RETRY_ROWS, rows) if isinstance(rows, int) else tf.minimum(RETRY_ROWS, rows)
-
-    def exact(chosen: tf.Tensor) -> tuple[tf.Tensor]:
-        missing = chosen < 0
-        _, picked = tf.math.top_k(tf.cast(missing, tf.int32), k=count)  # rows still drawing, lower rows first
-        values, indices = tf.math.top_k(tf.gather(blocks.logits, picked), k=top_k)  # (N, k)
-        drawn = _sample_candidates(values, indices, tf.gather(keys, picked), blocks.temperature, None, draw=TOP_K_DRAWS)
-        return (tf.tensor_scatter_nd_update(chosen, picked[:, None], tf.where(tf.gather(missing, picked), drawn, tf.gather(chosen, picked))),)
-
-    return tf.while_loop(lambda chosen: tf.reduce_any(chosen < 0), exact, (chosen,))[0]
+    chosen, found = _first(_in_top_k(blocks.logits, first, top_k), first)
+    return _rank_missing(tf.where(found, chosen, -1), blocks.logits, keys, top_k, blocks.temperature)
 
 
 def _sample_top_k_blocks(logits: tf.Tensor, keys: tf.Tensor, top_k: int, temperature: float) -> tf.Tensor:
@@ -722,27 +733,12 @@ def _sample_top_k_blocks(logits: tf.Tensor, keys: tf.Tensor, top_k: int, tempera
     position, _ = _inverse_cdf(tf.gather(weights, which, batch_dims=1), inside[..., None])  # (R, D, 1)
     slots = which * block + position[..., 0]  # (R, D): places among the k * block candidates, in index order
     candidates = tf.reshape(gathered, reshape_target([rows, top_k * block]))  # (R, k * block)
-    drawn = tf.gather(candidates, slots, batch_dims=1)[..., None]  # (R, D, 1)
-    places = tf.range(top_k * block, dtype=slots.dtype)
-    before = (candidates[:, None, :] > drawn) | ((candidates[:, None, :] == drawn) & (places < slots[..., None]))  # (R, D, k * block)
-    accepted = tf.reduce_sum(tf.cast(before, tf.int32), axis=-1) < top_k
 
     def index(starts: tf.Tensor, slots: tf.Tensor) -> tf.Tensor:
         return tf.gather(starts, slots // block, batch_dims=1) + slots % block
 
-    chosen, found = _first(accepted, index(starts, slots))
-    chosen = tf.where(found, chosen, -1)
-    count = min(RETRY_ROWS, rows) if isinstance(rows, int) else tf.minimum(RETRY_ROWS, rows)
-
-    def exact(chosen: tf.Tensor) -> tuple[tf.Tensor]:
-        missing = chosen < 0
-        _, picked = tf.math.top_k(tf.cast(missing, tf.int32), k=count)  # rows still drawing, lower rows first
-        values, positions = tf.math.top_k(tf.gather(candidates, picked), k=top_k)  # (N, k)
-        indices = index(tf.gather(starts, picked), positions)
-        drawn = _sample_candidates(values, indices, tf.gather(keys, picked), temperature, None, draw=TOP_K_DRAWS)
-        return (tf.tensor_scatter_nd_update(chosen, picked[:, None], tf.where(tf.gather(missing, picked), drawn, tf.gather(chosen, picked))),)
-
-    return tf.while_loop(lambda chosen: tf.reduce_any(chosen < 0), exact, (chosen,))[0]
+    chosen, found = _first(_in_top_k(candidates, slots, top_k), index(starts, slots))
+    return _rank_missing(tf.where(found, chosen, -1), candidates, keys, top_k, temperature, lambda picked, positions: index(tf.gather(starts, picked), positions))
 
 
 def _order_keys(values: tf.Tensor) -> tf.Tensor:
