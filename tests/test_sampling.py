@@ -448,7 +448,6 @@ def test_top_k_when_most_draws_miss_it():
     np.testing.assert_array_equal(draws(np.zeros((1, 300), np.float32), 100, top_k=1), 0)
 
 
-
 @pytest.mark.parametrize("compiled", [False, True], ids=["graph", "xla"])
 def test_top_k_on_a_large_vocabulary_when_draws_miss_it(compiled):
     # top-k on V >= 64 k draws from the k blocks with the largest maxima and keeps a draw ranked below k among them;
@@ -474,6 +473,7 @@ def test_top_k_on_a_large_vocabulary_when_draws_miss_it(compiled):
     expected[[5 * block, 0]] = np.exp([5.0, 3.0]) / np.exp([5.0, 3.0]).sum()
     check_frequencies(draws(spread, 3000, compiled=compiled, top_k=2), expected)
 
+
 @pytest.mark.parametrize("compiled", [False, True], ids=["graph", "xla"])
 def test_a_tiny_nucleus_is_found_exactly(compiled):
     # p = 0.006 keeps 2 tokens holding 0.7% of the probability: nearly every draw misses them, so after
@@ -497,7 +497,6 @@ def test_large_vocabulary_with_a_tie_straddling_the_nucleus():
     samples = draws(logits, 300, top_p=0.95)
     assert allowed[0, samples[:, 0]].all()
     assert (samples > LARGE // 2).any() and (samples[:, 0] != 0).sum() > 100
-
 
 
 def bounded_rows(scale: float, rows: int = 24) -> np.ndarray:
@@ -531,7 +530,6 @@ def test_column_bounds_agree_with_the_masked_sums_and_numpy(scale, temperature, 
         assert (inside | outside).mean() > 0.6  # they settle most draws on spread logits
 
 
-
 @pytest.mark.parametrize("scale,temperature,p", [(3.0, 1.0, 0.9), (6.0, 0.7, 0.5), (3.0, 1.0, 0.2)])
 def test_top_p_keeps_the_first_draw_in_the_nucleus(scale, temperature, p):
     # the rejection rule, whichever way a draw is settled (column bounds, masked sums, later rounds): each row
@@ -555,6 +553,7 @@ def test_top_p_keeps_the_first_draw_in_the_nucleus(scale, temperature, p):
         certain = np.logical_or(*(value.numpy()[:, 0] for value in blocks.certify(tf.constant(drawn[:, :1]), p)))
         assert (~certain[rows] & inside[rows, 0]).any()
         assert (np.argmax(inside[rows], axis=-1) > 0).any()
+
 
 def test_ascending_is_a_sort():
     values = np.stack([np.random.default_rng(seed).permutation(5000)[:50] for seed in range(6)]).astype(np.int32)
